@@ -1,0 +1,3 @@
+"""Kafka → Legiti track_auth forwarder."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""The `forwarder` command: run, check-config, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from forwarder import __version__
+from forwarder.config import ConfigError, Settings, flag_name, load_settings, masked
+from forwarder.logs import configure
+
+EXIT_CONFIG = 2
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, generated so the CLI can never fall behind the settings."""
+    group = parser.add_argument_group("settings (override FORWARDER_* variables and the file)")
+    for name, field in Settings.model_fields.items():
+        group.add_argument(
+            flag_name(name), dest=f"setting_{name}", metavar="VALUE", help=field.description
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forwarder",
+        description="Forward login/logout events from Kafka to Legiti's track_auth API.",
+    )
+    parser.add_argument("--version", action="version", version=f"forwarder {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run the forwarder until SIGTERM/SIGINT"),
+        ("check-config", "print the effective configuration (secrets masked) and validate it"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--config", type=Path, help="TOML file (or FORWARDER_CONFIG_FILE)")
+        _add_setting_flags(command)
+    demo = commands.add_parser(
+        "demo", help="run the real pipeline against a local broker and a local Legiti stand-in"
+    )
+    demo.add_argument("--events", type=int, default=3000, help="synthetic events to produce")
+    demo.add_argument("--metrics-port", type=int, default=9102, help="0 picks a free port")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    cli: dict[str, Any] = {
+        key.removeprefix("setting_"): value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+    return load_settings(os.environ, cli, args.config)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
+    from forwarder.app import StartupError, pipeline_options
+
+    try:
+        pipeline_options(settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"forwarder: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.log_level, settings.log_format)
+    from forwarder.app import StartupError, run_forever
+
+    try:
+        _event_loop_runner(run_forever(settings))
+    except StartupError as exc:
+        print(f"forwarder: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _event_loop_runner(coroutine: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "run":
+        return _run(args)
+    from forwarder.demo import run_demo
+
+    return run_demo(args.events, args.metrics_port)

@@ -1,0 +1,45 @@
+"""Which offset of a partition may be committed: the end of the finished prefix.
+
+Events finish out of order (one user's retry must not hold back another user),
+but Kafka keeps one committed offset per partition. Committing only past the
+prefix in which *every* record is finished is what makes a crash lose nothing:
+whatever was not finished is read again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PartitionOffsets:
+    """Offsets of one partition in consumption order, and which of them are finished."""
+
+    __slots__ = ("_done", "_pending", "_watermark")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._watermark: int | None = None
+
+    def track(self, offset: int) -> None:
+        """Register a consumed offset; offsets arrive in increasing order per partition."""
+        if self._pending and offset <= self._pending[-1]:
+            raise ValueError(f"offset {offset} is not after {self._pending[-1]}")
+        self._pending.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self._done.add(offset)
+        pending, done = self._pending, self._done
+        while pending and pending[0] in done:
+            finished = pending.popleft()
+            done.discard(finished)
+            self._watermark = finished + 1
+
+    @property
+    def committable(self) -> int | None:
+        """The offset to commit (Kafka's "next record to read"), or None if nothing finished."""
+        return self._watermark
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,206 @@
+"""The Kafka side: consume, pause under back-pressure, commit the finished prefix.
+
+The poll loop never blocks on the sink. When the pipeline is full (in-flight
+bound, rate limits, an outage or bad credentials all end up there) the
+partitions are paused and `getmany` keeps being called, which returns nothing
+but tells the group coordinator this member is alive: waiting can last hours
+without exceeding `max_poll_interval_ms` or triggering a rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from forwarder.events import SourceRecord
+from forwarder.logs import Throttle, get_logger
+from forwarder.metrics import Metrics
+from forwarder.pipeline import Pipeline
+
+POLL_TIMEOUT_MS = 100
+RESUME_FRACTION = 0.5
+
+
+def to_record(message: Any) -> SourceRecord:
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=tuple(message.headers or ()),
+        timestamp_ms=message.timestamp,
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._source.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._source.partitions_assigned(assigned)
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topics: list[str],
+        pipeline: Pipeline,
+        metrics: Metrics,
+        commit_interval: float,
+    ) -> None:
+        self._consumer: AIOKafkaConsumer | None = consumer
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._commit_interval = commit_interval
+        self._committed: dict[tuple[str, int], int] = {}
+        self._commit_lock = asyncio.Lock()
+        self._paused = False
+        self._log = get_logger("forwarder.source")
+        self._throttle = Throttle(30.0)
+        self.in_group = False
+        consumer.subscribe(topics, listener=_Rebalance(self))
+
+    # Main loop --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set; then pause everything and return (the caller drains)."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        committer = asyncio.create_task(self._commit_loop(stop), name="committer")
+        try:
+            while not stop.is_set():
+                self._apply_backpressure(consumer)
+                try:
+                    batch = await consumer.getmany(
+                        timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records()
+                    )
+                except KafkaError as exc:
+                    self._warn("kafka poll failed; retrying", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    continue
+                for messages in batch.values():
+                    for message in messages:
+                        self._pipeline.submit(to_record(message))
+        finally:
+            consumer.pause(*consumer.assignment())
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+
+    def _max_records(self) -> int:
+        return max(1, self._pipeline.options.max_buffered - self._pipeline.buffered)
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        full = self._pipeline.should_pause()
+        if full and not self._paused:
+            self._paused = True
+            self._log.debug("pipeline full; partitions paused", buffered=self._pipeline.buffered)
+        elif self._paused and self._pipeline.buffered <= (
+            self._pipeline.options.max_buffered * RESUME_FRACTION
+        ):
+            self._paused = False
+            consumer.resume(*consumer.assignment())
+        if self._paused:
+            # New assignments arrive unpaused; pausing all every round covers them.
+            consumer.pause(*consumer.assignment())
+
+    # Offsets --------------------------------------------------------------------------
+
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._commit_interval)
+            await self.commit()
+            self._update_lag()
+
+    async def commit(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Commit every partition's finished prefix that moved since the last commit."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            offsets = {
+                partition: offset
+                for partition, offset in self._pipeline.committable().items()
+                if self._committed.get(partition) != offset and (only is None or partition in only)
+            }
+            if not offsets:
+                return
+            try:
+                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+            except (CommitFailedError, KafkaError) as exc:
+                self._metrics.commits.labels(result="failed").inc()
+                self._warn("offset commit failed; will retry", exc)
+                return
+            self._committed.update(offsets)
+            self._metrics.commits.labels(result="ok").inc()
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        committable = self._pipeline.committable()
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = committable.get(
+                (tp.topic, tp.partition), self._committed.get((tp.topic, tp.partition))
+            )
+            if done is None:
+                continue
+            self._metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, highwater - done)
+            )
+
+    # Rebalance ------------------------------------------------------------------------
+
+    async def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Commit what is finished before the partitions move, then forget them."""
+        partitions = {(tp.topic, tp.partition) for tp in revoked}
+        await self.commit(partitions)
+        self._pipeline.revoke(partitions)
+        for topic, partition in partitions:
+            self._committed.pop((topic, partition), None)
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(topic, str(partition))
+        if revoked:
+            self._log.info(
+                "partitions revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions)
+            )
+
+    def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.in_group = True
+        self._pipeline.assign((tp.topic, tp.partition) for tp in assigned)
+        self._log.info(
+            "partitions assigned",
+            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
+        )
+
+    # Shutdown ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit the finished prefix and leave the group (so the rebalance is immediate)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        await self.commit()
+        self.in_group = False
+        await consumer.stop()
+        self._consumer = None
+
+    def _warn(self, message: str, exc: BaseException) -> None:
+        suppressed = self._throttle.allow(message, time.monotonic())
+        if suppressed is not None:
+            self._log.warning(message, error=repr(exc), suppressed=suppressed)

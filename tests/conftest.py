@@ -1,0 +1,34 @@
+"""Shared fixtures: a real broker (Tansu) for the session, a real HTTP Legiti stand-in per test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from forwarder.sandbox.broker import SandboxBroker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[SandboxBroker]:
+    with SandboxBroker() as running:
+        yield running
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Wait for a condition instead of sleeping a guessed amount of time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def legiti() -> AsyncIterator[object]:
+    from forwarder.sandbox.legiti import LegitiStub
+
+    async with LegitiStub() as stub:
+        yield stub

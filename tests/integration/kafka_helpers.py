@@ -1,0 +1,131 @@
+"""Helpers for integration tests: topics, producing, reading dead letters, committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from forwarder.app import Forwarder
+from forwarder.config import Settings, load_settings
+
+TOKEN = "test-token"
+_counter = itertools.count()
+
+
+def unique(prefix: str = "auth") -> str:
+    return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return name
+
+
+def native(
+    event_id: str, user_id: str | int, kind: str = "login", success: bool | None = True
+) -> bytes:
+    event: dict[str, Any] = {"event_id": event_id, "type": kind, "user_id": user_id}
+    if kind == "login":
+        event["success"] = success
+    return orjson.dumps(event)
+
+
+Message = bytes | None | tuple[bytes | None, Sequence[tuple[str, bytes]]]
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[Message],
+    *,
+    partition: int | None = None,
+    key: bytes | None = None,
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for item in values:
+            value, headers = item if isinstance(item, tuple) else (item, ())
+            futures.append(
+                await producer.send(
+                    topic, value=value, key=key, headers=list(headers), partition=partition
+                )
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
+    """Read `expected` records from the start of `topic` (all partitions)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expected:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {
+            p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)
+        }
+    finally:
+        await consumer.stop()
+
+
+def settings(bootstrap: str, topic: str, legiti_url: str, **overrides: Any) -> Settings:
+    env = {
+        "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "FORWARDER_KAFKA_TOPICS": topic,
+        "FORWARDER_KAFKA_GROUP_ID": f"group-{topic}",
+        "FORWARDER_LEGITI_BASE_URL": legiti_url,
+        "FORWARDER_LEGITI_API_TOKEN": TOKEN,
+        "FORWARDER_METRICS_PORT": "0",
+        "FORWARDER_METRICS_HOST": "127.0.0.1",
+        "FORWARDER_COMMIT_INTERVAL_SECONDS": "0.2",
+        "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
+        "FORWARDER_RETRY_MAX_BACKOFF_SECONDS": "0.5",
+        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    }
+    return load_settings(env, {key: value for key, value in overrides.items()})
+
+
+@contextlib.asynccontextmanager
+async def running(config: Settings) -> AsyncIterator[Forwarder]:
+    """A forwarder in this process, stopped (drained, committed) on exit."""
+    forwarder = Forwarder(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop))
+    try:
+        yield forwarder
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
