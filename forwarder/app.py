@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from forwarder.config import Settings
 from forwarder.credentials import TokenError, TokenSource
-from forwarder.dead_letters import KafkaDeadLetters
+from forwarder.dead_letters import DeadLetterSink, KafkaDeadLetters
 from forwarder.decode import CloudEventTypes
 from forwarder.health import HealthServer
 from forwarder.kafka_options import KafkaSecretError, consumer_options, producer_options
@@ -103,13 +103,21 @@ async def start_with_retry(
 class Forwarder:
     """One forwarder: the pipeline between a consumer group and Legiti."""
 
-    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sender: Sender | None = None,
+        dead_letters: DeadLetterSink | None = None,
+    ) -> None:
+        """`sender` and `dead_letters` replace the Legiti client and the dead-letter
+        producer (the benchmark and failure-injection tests use this)."""
         self.settings = settings
         self.metrics = Metrics()
         self.token = token_source(settings)
         if settings.kafka_sasl_password is not None:
             register_secret(settings.kafka_sasl_password.get_secret_value())
         self._own_sink = sender is None
+        self._dead_letters = dead_letters
         self.sink: Sender = sender or LegitiSink(
             settings.legiti_base_url,
             self.token,
@@ -170,7 +178,7 @@ class Forwarder:
             pipeline = Pipeline(
                 self.options,
                 self.sink,
-                KafkaDeadLetters(producer, settings.dead_letter_topic),
+                self._dead_letters or KafkaDeadLetters(producer, settings.dead_letter_topic),
                 self.metrics,
             )
             self.pipeline = pipeline

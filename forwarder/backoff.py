@@ -41,7 +41,7 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return min(float(text), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(text)

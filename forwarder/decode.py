@@ -176,7 +176,8 @@ def _check_timestamp(value: object, name: str) -> None:
     if not isinstance(value, str):
         raise _Reject(INVALID_EVENT, f"field {name!r} must be an RFC 3339 timestamp string")
     try:
-        parsed = datetime.fromisoformat(value)
+        # RFC 3339 allows a lower-case "t" and "z"; fromisoformat only upper-case ones.
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError:
         raise _Reject(
             INVALID_EVENT, f"field {name!r} is not an RFC 3339 timestamp: {value!r}"

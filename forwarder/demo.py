@@ -269,7 +269,9 @@ def _summary(
     print(f"  retries             {snap['retries']} (injected 503s, all recovered)")
     print(f"  legiti accepted     {len(legiti.accepted)} requests")
     rate = total / elapsed
-    print(f"  throughput          {rate:,.0f} records/s ({elapsed:.1f}s, first consumed to last done)")
+    print(
+        f"  throughput          {rate:,.0f} records/s ({elapsed:.1f}s, first consumed to last done)"
+    )
     print(f"  metrics were served at http://127.0.0.1:{forwarder.health.port}/metrics")
     print(f"  dead letters are in topic {forwarder.settings.dead_letter_topic!r}")
     ok = snap["consumed"] == total and snap["forwarded"] == len(legiti.accepted)

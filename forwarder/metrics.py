@@ -113,6 +113,9 @@ class Metrics:
         self.commits = Counter(
             "forwarder_offset_commits", "Offset commits, by result.", ["result"], registry=r
         )
+        self.rebalances = Counter(
+            "forwarder_rebalances", "Partition assignments received from the group.", registry=r
+        )
         self.build_info = Info("forwarder_build", "Version of the forwarder.", registry=r)
         self.build_info.info({"version": __version__})
         self.credentials_valid.set(1)

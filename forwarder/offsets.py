@@ -23,8 +23,13 @@ class PartitionOffsets:
 
     def track(self, offset: int) -> None:
         """Register a consumed offset; offsets arrive in increasing order per partition."""
-        if self._pending and offset <= self._pending[-1]:
-            raise ValueError(f"offset {offset} is not after {self._pending[-1]}")
+        # With nothing pending, the last tracked offset is the one just below the watermark.
+        if self._pending:
+            last: int | None = self._pending[-1]
+        else:
+            last = None if self._watermark is None else self._watermark - 1
+        if last is not None and offset <= last:
+            raise ValueError(f"offset {offset} is not after {last}")
         self._pending.append(offset)
 
     def finish(self, offset: int) -> None:

@@ -34,7 +34,7 @@ from forwarder.offsets import PartitionOffsets
 from forwarder.ordering import Job, Partition, Scheduler
 from forwarder.outcome import Delivered, Outcome, Rejected, Retry, Unauthorized, transport_failure
 from forwarder.policy import ALLOW_ALL, Policy
-from forwarder.ratelimit import LimiterSet, Rate, SlidingWindowLimiter
+from forwarder.ratelimit import LimiterSet, Rate, SlidingWindowLimiter, Slot
 
 WARNING_PERIOD = 10.0
 AUTH_LOG_PERIOD = 60.0
@@ -70,6 +70,7 @@ class _Launch:
     sent_at: float
     probes_auth: bool
     probes_circuit: bool
+    slots: tuple[Slot, ...]
 
 
 class Pipeline:
@@ -265,13 +266,15 @@ class Pipeline:
         return max(wait, 0.001)
 
     def _launch(self, job: Job, tool: str, now: float) -> None:
-        self._limits[tool].record(now)
+        slots = self._limits[tool].start()
         self._adaptive.record(now)
         self._metrics.rate_limit_delay.observe(
             now - job.limited_since if job.limited_since else 0.0
         )
         job.limited_since = None
-        launch = _Launch(now, self.auth.state is HaltState.OPEN, not self.circuit.halt.is_closed)
+        launch = _Launch(
+            now, self.auth.state is HaltState.OPEN, not self.circuit.halt.is_closed, slots
+        )
         self.auth.sent()
         self.circuit.halt.sent()
         self._in_flight += 1
@@ -287,6 +290,7 @@ class Pipeline:
             outcome = transport_failure("error", f"unexpected {exc!r}")
             self._log.exception("unexpected error while sending", **self._fields(job))
         finally:
+            LimiterSet.finish(launch.slots, self._clock())
             self._in_flight -= 1
             self._metrics.in_flight.set(self._in_flight)
             self._wake.set()

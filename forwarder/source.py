@@ -182,6 +182,7 @@ class KafkaSource:
 
     def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.in_group = True
+        self._metrics.rebalances.inc()
         self._pipeline.assign((tp.topic, tp.partition) for tp in assigned)
         self._log.info(
             "partitions assigned",

@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from forwarder.logs import configure
 from forwarder.sandbox.broker import SandboxBroker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_logs() -> None:
+    """Per-event debug lines would flood the captured output and slow the tests down."""
+    configure("WARNING", "console")
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +24,9 @@ def broker() -> Iterator[SandboxBroker]:
         yield running
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+async def eventually(  # noqa: ASYNC109 - the deadline reads best inline
+    predicate: Callable[[], bool], timeout: float = 15.0, what: str = ""
+) -> None:
     """Wait for a condition instead of sleeping a guessed amount of time."""
     deadline = time.monotonic() + timeout
     while not predicate():

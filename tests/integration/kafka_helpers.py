@@ -71,7 +71,7 @@ async def produce(
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
+async def read_all(bootstrap: str, topic: str, expected: int, within: float = 15.0) -> list[Any]:
     """Read `expected` records from the start of `topic` (all partitions)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
@@ -79,7 +79,7 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 1
     await consumer.start()
     records: list[Any] = []
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while len(records) < expected:
                 batch = await consumer.getmany(timeout_ms=200)
                 for messages in batch.values():
@@ -89,13 +89,15 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 1
     return records
 
 
-async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+async def committed(
+    bootstrap: str, group: str, topic: str, partitions: int = 1
+) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
-        return {
-            p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)
-        }
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
 
@@ -112,16 +114,16 @@ def settings(bootstrap: str, topic: str, legiti_url: str, **overrides: Any) -> S
         "FORWARDER_COMMIT_INTERVAL_SECONDS": "0.2",
         "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
         "FORWARDER_RETRY_MAX_BACKOFF_SECONDS": "0.5",
-        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "3000",
         "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
     }
-    return load_settings(env, {key: value for key, value in overrides.items()})
+    return load_settings(env, overrides)
 
 
 @contextlib.asynccontextmanager
-async def running(config: Settings) -> AsyncIterator[Forwarder]:
+async def running(config: Settings, **parts: Any) -> AsyncIterator[Forwarder]:
     """A forwarder in this process, stopped (drained, committed) on exit."""
-    forwarder = Forwarder(config)
+    forwarder = Forwarder(config, **parts)
     stop = asyncio.Event()
     task = asyncio.create_task(forwarder.run(stop))
     try:
@@ -129,3 +131,11 @@ async def running(config: Settings) -> AsyncIterator[Forwarder]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def metric(forwarder: Forwarder, name: str, **labels: str) -> float:
+    return forwarder.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def header(record: Any, name: str) -> bytes | None:
+    return next((value for key, value in record.headers if key == name), None)
