@@ -206,8 +206,20 @@ class Pipeline:
     # Intake -------------------------------------------------------------------------
 
     def submit(self, record: SourceRecord) -> None:
-        offsets = self._partitions.setdefault((record.topic, record.partition), PartitionOffsets())
-        offsets.track(record.offset)
+        partition = (record.topic, record.partition)
+        offsets = self._partitions.setdefault(partition, PartitionOffsets())
+        try:
+            offsets.track(record.offset)
+        except ValueError:
+            # The consumer went back (an offset reset): what is tracked is stale.
+            self._log.warning(
+                "partition offset went backwards; tracking it anew",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            offsets = self._partitions[partition] = PartitionOffsets()
+            offsets.track(record.offset)
         self._metrics.consumed.inc()
         decoded = decode(record.value, record.headers, self.options.cloudevent_types)
         if isinstance(decoded, Invalid):

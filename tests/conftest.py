@@ -24,8 +24,10 @@ def broker() -> Iterator[SandboxBroker]:
         yield running
 
 
-async def eventually(  # noqa: ASYNC109 - the deadline reads best inline
-    predicate: Callable[[], bool], timeout: float = 15.0, what: str = ""
+async def eventually(
+    predicate: Callable[[], bool],
+    timeout: float = 15.0,  # noqa: ASYNC109 - the deadline reads best inline
+    what: str = "",
 ) -> None:
     """Wait for a condition instead of sleeping a guessed amount of time."""
     deadline = time.monotonic() + timeout
