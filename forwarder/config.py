@@ -63,66 +63,145 @@ class Settings(BaseModel):
     # Kafka source
     kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
     kafka_topics: CsvList = Field(min_length=1, description="comma-separated source topics")
-    kafka_group_id: str = Field("legiti-forwarder", min_length=1)
-    kafka_client_id: str = Field("legiti-forwarder", min_length=1)
-    kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    kafka_max_poll_records: int = Field(500, ge=1, le=100_000)
-    kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
-    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
-    kafka_max_poll_interval_ms: int = Field(300_000, ge=1_000)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    kafka_sasl_username: OptionalStr = None
-    kafka_sasl_password: OptionalSecret = None
-    kafka_sasl_password_file: OptionalPath = None
-    kafka_ssl_cafile: OptionalPath = None
-    kafka_ssl_certfile: OptionalPath = None
-    kafka_ssl_keyfile: OptionalPath = None
-    kafka_ssl_key_password: OptionalSecret = None
-    kafka_ssl_check_hostname: bool = True
+    kafka_group_id: str = Field(
+        "legiti-forwarder",
+        min_length=1,
+        description="consumer group; replicas sharing it split the partitions",
+    )
+    kafka_client_id: str = Field(
+        "legiti-forwarder",
+        min_length=1,
+        description="client id reported to the brokers (the version is appended)",
+    )
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new group starts: earliest (nothing skipped) or latest"
+    )
+    kafka_max_poll_records: int = Field(
+        500, ge=1, le=100_000, description="records fetched per poll at most"
+    )
+    kafka_session_timeout_ms: int = Field(10_000, ge=1_000, description="group session timeout")
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100, description="group heartbeat interval")
+    kafka_max_poll_interval_ms: int = Field(
+        300_000, ge=1_000, description="longest gap between polls before the group evicts a member"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: OptionalStr = Field(None, description="SASL user name")
+    kafka_sasl_password: OptionalSecret = Field(None, description="SASL password (secret)")
+    kafka_sasl_password_file: OptionalPath = Field(
+        None, description="file holding the SASL password (a mounted Secret)"
+    )
+    kafka_ssl_cafile: OptionalPath = Field(
+        None, description="CA bundle that signed the brokers' certificates"
+    )
+    kafka_ssl_certfile: OptionalPath = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: OptionalPath = Field(None, description="client private key (mutual TLS)")
+    kafka_ssl_key_password: OptionalSecret = Field(
+        None, description="password of the client key (secret)"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="verify the brokers' host names against their certificates"
+    )
 
     # Dead letters
-    dlq_topic: OptionalStr = None
+    dlq_topic: OptionalStr = Field(
+        None, description="dead-letter topic; default: the first source topic + .dlq"
+    )
 
     # Legiti sink
     legiti_base_url: str = Field(pattern=r"^https?://[^\s/]+", description="http(s)://host[:port]")
-    legiti_api_token: OptionalSecret = None
-    legiti_api_token_file: OptionalPath = None
-    http_timeout_seconds: float = Field(10.0, gt=0, le=600)
-    max_in_flight: int = Field(64, ge=1, le=4096)
-    max_buffered_events: int = Field(10_000, ge=1)
+    legiti_api_token: OptionalSecret = Field(None, description="Legiti API token (secret)")
+    legiti_api_token_file: OptionalPath = Field(
+        None, description="file holding the token, re-read when it changes"
+    )
+    http_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="time limit for one request to Legiti"
+    )
+    max_in_flight: int = Field(
+        64, ge=1, le=4096, description="requests to Legiti under way at once"
+    )
+    max_buffered_events: int = Field(
+        10_000, ge=1, description="records consumed and unfinished before fetching pauses"
+    )
 
     # Limits and policy
-    rate_limit: OptionalRate = None
-    rate_limit_login: OptionalRate = None
-    rate_limit_logout: OptionalRate = None
-    policy_file: OptionalPath = None
+    rate_limit: OptionalRate = Field(None, description="limit on all calls, e.g. 1000/hour")
+    rate_limit_login: OptionalRate = Field(
+        None, description="limit on track_login calls, e.g. 30/minute"
+    )
+    rate_limit_logout: OptionalRate = Field(
+        None, description="limit on track_logout calls, e.g. 5/second"
+    )
+    policy_file: OptionalPath = Field(
+        None, description="gateway policy JSON: denied tools and their limits"
+    )
 
     # De-duplication
-    dedupe_ttl_seconds: float = Field(3600.0, ge=0)
-    dedupe_max_entries: int = Field(1_000_000, ge=0)
+    dedupe_ttl_seconds: float = Field(
+        3600.0, ge=0, description="how long a delivered key suppresses copies"
+    )
+    dedupe_max_entries: int = Field(
+        1_000_000, ge=0, description="delivered keys remembered at most (oldest evicted)"
+    )
 
     # Retries and failure handling
     retry_max_elapsed_seconds: float = Field(900.0, ge=0, description="0 retries forever")
-    retry_initial_backoff_seconds: float = Field(0.5, gt=0)
-    retry_max_backoff_seconds: float = Field(60.0, gt=0)
-    circuit_failure_ratio: float = Field(0.5, gt=0, le=1)
-    circuit_min_requests: int = Field(20, ge=1)
-    circuit_window_seconds: float = Field(30.0, gt=0)
-    circuit_max_open_seconds: float = Field(60.0, gt=0)
+    retry_initial_backoff_seconds: float = Field(
+        0.5, gt=0, description="ceiling of the first retry's jittered wait"
+    )
+    retry_max_backoff_seconds: float = Field(
+        60.0, gt=0, description="ceiling of any retry's jittered wait"
+    )
+    circuit_failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="share of failed sends that opens the circuit"
+    )
+    circuit_min_requests: int = Field(
+        20, ge=1, description="sends in the window before the circuit may open"
+    )
+    circuit_window_seconds: float = Field(
+        30.0, gt=0, description="window over which failures are counted"
+    )
+    circuit_max_open_seconds: float = Field(
+        60.0, gt=0, description="longest pause between probes while open"
+    )
 
     # CloudEvents type suffixes that decide the action
-    cloudevents_login_success_suffix: str = Field("login.succeeded", min_length=1)
-    cloudevents_login_failure_suffix: str = Field("login.failed", min_length=1)
-    cloudevents_logout_suffix: str = Field("logout", min_length=1)
+    cloudevents_login_success_suffix: str = Field(
+        "login.succeeded", min_length=1, description="CloudEvents type suffix meaning login_success"
+    )
+    cloudevents_login_failure_suffix: str = Field(
+        "login.failed", min_length=1, description="CloudEvents type suffix meaning login_failure"
+    )
+    cloudevents_logout_suffix: str = Field(
+        "logout", min_length=1, description="CloudEvents type suffix meaning logout"
+    )
 
     # Operations
-    commit_interval_seconds: float = Field(1.0, gt=0, le=60)
-    shutdown_timeout_seconds: float = Field(20.0, ge=0)
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = Field(9102, ge=0, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    commit_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="how often the finished prefix is committed"
+    )
+    shutdown_timeout_seconds: float = Field(
+        20.0, ge=0, description="how long SIGTERM waits for sends under way"
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", description="address of the /metrics, /healthz, /readyz server"
+    )
+    metrics_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="port of the /metrics, /healthz, /readyz server (0: any free one)",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json (one object per line) or console"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
