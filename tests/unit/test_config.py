@@ -1,0 +1,166 @@
+"""Configuration: precedence, validation messages that name the key, masking, Kafka options."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from forwarder.config import ConfigError, load_settings, masked
+from forwarder.kafka_options import consumer_options, producer_options
+from forwarder.ratelimit import Rate
+
+BASE = {
+    "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+    "FORWARDER_KAFKA_TOPICS": "auth-events, auth-events-eu",
+    "FORWARDER_LEGITI_BASE_URL": "https://api.example.com/",
+    "FORWARDER_LEGITI_API_TOKEN": "s3cret-token",
+}
+
+
+def test_defaults_and_parsing() -> None:
+    settings = load_settings(BASE)
+    assert settings.kafka_topics == ["auth-events", "auth-events-eu"]
+    assert settings.kafka_group_id == "legiti-forwarder"
+    assert settings.kafka_auto_offset_reset == "earliest"
+    assert settings.dead_letter_topic == "auth-events.dlq"
+    assert settings.legiti_base_url == "https://api.example.com"
+    assert settings.max_in_flight == 64
+    assert settings.dedupe_ttl_seconds == 3600
+    assert settings.dedupe_max_entries == 1_000_000
+    assert settings.retry_max_elapsed_seconds == 900
+    assert settings.http_timeout_seconds == 10
+    assert settings.shutdown_timeout_seconds == 20
+    assert settings.metrics_port == 9102
+    assert settings.log_format == "json"
+    assert settings.rate_limit is None
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "forwarder.toml"
+    config.write_text('max_in_flight = 8\nrate_limit = "30/minute"\nlog_level = "debug"\n')
+    env = {**BASE, "FORWARDER_MAX_IN_FLIGHT": "16", "FORWARDER_CONFIG_FILE": str(config)}
+    settings = load_settings(env, {"log_level": "warning"})
+    assert settings.max_in_flight == 16
+    assert settings.rate_limit == Rate(30, 60.0)
+    assert settings.log_level == "WARNING"
+    assert load_settings(env, {"max_in_flight": "4"}).max_in_flight == 4
+
+
+def test_every_bad_key_is_named_once() -> None:
+    env = {**BASE, "FORWARDER_MAX_IN_FLIGHT": "0", "FORWARDER_RATE_LIMIT": "lots"}
+    del env["FORWARDER_KAFKA_TOPICS"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert any(p.startswith("FORWARDER_MAX_IN_FLIGHT:") for p in problems)
+    assert any(p.startswith("FORWARDER_RATE_LIMIT:") and "30/minute" in p for p in problems)
+    assert any(p.startswith("FORWARDER_KAFKA_TOPICS: required") for p in problems)
+    assert "\n" not in str(caught.value)
+
+
+def test_flag_errors_name_the_flag_and_file_errors_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--max-in-flight"):
+        load_settings(BASE, {"max_in_flight": "many"})
+    config = tmp_path / "bad.toml"
+    config.write_text("max_inflight = 3\n")
+    with pytest.raises(ConfigError, match=r"max_inflight \(in .*bad.toml\): unknown setting"):
+        load_settings(BASE, config_file=config)
+    config.write_text("max_in_flight = \n")
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
+        load_settings(BASE, config_file=config)
+
+
+def test_unknown_environment_variables_are_ignored() -> None:
+    """Kubernetes injects FORWARDER_PORT=tcp://… for a Service named forwarder."""
+    settings = load_settings({**BASE, "FORWARDER_PORT": "tcp://10.0.0.1:9102"})
+    assert settings.metrics_port == 9102
+
+
+def test_exactly_one_token_source() -> None:
+    with pytest.raises(ConfigError, match="exactly one of legiti_api_token"):
+        load_settings({**BASE, "FORWARDER_LEGITI_API_TOKEN_FILE": "/run/token"})
+    without = {k: v for k, v in BASE.items() if k != "FORWARDER_LEGITI_API_TOKEN"}
+    with pytest.raises(ConfigError, match="exactly one of legiti_api_token"):
+        load_settings(without)
+
+
+def test_secrets_never_show_in_errors_or_masked_output() -> None:
+    settings = load_settings({**BASE, "FORWARDER_KAFKA_SASL_PASSWORD": "kafka-pw"})
+    shown = str(masked(settings))
+    assert "s3cret-token" not in shown
+    assert "kafka-pw" not in shown
+    assert masked(settings)["legiti_api_token"] == "********"
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**BASE, "FORWARDER_LEGITI_API_TOKEN": "", "FORWARDER_MAX_IN_FLIGHT": "x"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_sasl_scram_options() -> None:
+    settings = load_settings(
+        {
+            **BASE,
+            "FORWARDER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "FORWARDER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "FORWARDER_KAFKA_SASL_USERNAME": "forwarder",
+            "FORWARDER_KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    options = consumer_options(settings)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "forwarder"
+    assert options["sasl_plain_password"] == "pw"
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert options["enable_auto_commit"] is False
+    assert options["group_id"] == "legiti-forwarder"
+    assert producer_options(settings)["acks"] == "all"
+
+
+def test_sasl_needs_a_user_name() -> None:
+    with pytest.raises(ConfigError, match="kafka_sasl_username is required"):
+        load_settings({**BASE, "FORWARDER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
+
+
+def test_sasl_password_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("from-file\n")
+    settings = load_settings(
+        {
+            **BASE,
+            "FORWARDER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "FORWARDER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "FORWARDER_KAFKA_SASL_USERNAME": "forwarder",
+            "FORWARDER_KAFKA_SASL_PASSWORD_FILE": str(secret),
+        }
+    )
+    options = consumer_options(settings)
+    assert options["sasl_plain_password"] == "from-file"
+    assert "ssl_context" not in options
+
+
+def test_mutual_tls_loads_the_ca_and_client_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    leaf = ca.issue_cert("forwarder.example")
+    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    leaf.private_key_pem.write_to_path(str(key_file))
+    settings = load_settings(
+        {
+            **BASE,
+            "FORWARDER_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "FORWARDER_KAFKA_SSL_CAFILE": str(ca_file),
+            "FORWARDER_KAFKA_SSL_CERTFILE": str(cert_file),
+            "FORWARDER_KAFKA_SSL_KEYFILE": str(key_file),
+        }
+    )
+    context = consumer_options(settings)["ssl_context"]
+    assert context.check_hostname is True
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert len(context.get_ca_certs()) == 1
+    assert "sasl_mechanism" not in consumer_options(settings)
