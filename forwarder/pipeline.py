@@ -240,7 +240,11 @@ class Pipeline:
     async def _dispatch_loop(self) -> None:
         while self._dispatching:
             self._wake.clear()
-            wait = self._dispatch_ready()
+            try:
+                wait = self._dispatch_ready()
+            except Exception:  # a bug here must not silently stop all sending
+                self._log.exception("dispatcher error; continuing")
+                wait = 1.0
             if not self._dispatching:
                 break
             with contextlib.suppress(TimeoutError):
