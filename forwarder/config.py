@@ -1,4 +1,4 @@
-"""Configuration: defaults ← TOML file ← `FORWARDER_*` environment ← CLI flags.
+"""Configuration: defaults ← `FORWARDER_*` environment ← TOML file ← CLI flags.
 
 The merge is done here rather than by a settings framework so that every error
 can name the key the way the operator wrote it (`FORWARDER_MAX_IN_FLIGHT`,
@@ -289,10 +289,10 @@ def load_settings(
     path = config_file or (Path(environ[CONFIG_FILE_ENV]) if environ.get(CONFIG_FILE_ENV) else None)
     file_values = read_toml(path) if path else {}
     env_values = from_environ(environ)
-    merged: dict[str, Any] = {**file_values, **env_values, **cli}
+    merged: dict[str, Any] = {**env_values, **file_values, **cli}
     origin = {
-        **{key: f"{key} (in {path})" for key in file_values},
         **{key: env_name(key) for key in env_values},
+        **{key: f"{key} (in {path})" for key in file_values},
         **{key: flag_name(key) for key in cli},
     }
     try:

@@ -38,12 +38,18 @@ def test_defaults_and_parsing() -> None:
     assert settings.rate_limit is None
 
 
-def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+def test_precedence_environment_then_file_then_flags(tmp_path: Path) -> None:
     config = tmp_path / "forwarder.toml"
     config.write_text('max_in_flight = 8\nrate_limit = "30/minute"\nlog_level = "debug"\n')
-    env = {**BASE, "FORWARDER_MAX_IN_FLIGHT": "16", "FORWARDER_CONFIG_FILE": str(config)}
+    env = {
+        **BASE,
+        "FORWARDER_MAX_IN_FLIGHT": "16",
+        "FORWARDER_HTTP_TIMEOUT_SECONDS": "3",
+        "FORWARDER_CONFIG_FILE": str(config),
+    }
     settings = load_settings(env, {"log_level": "warning"})
-    assert settings.max_in_flight == 16
+    assert settings.http_timeout_seconds == 3
+    assert settings.max_in_flight == 8
     assert settings.rate_limit == Rate(30, 60.0)
     assert settings.log_level == "WARNING"
     assert load_settings(env, {"max_in_flight": "4"}).max_in_flight == 4
