@@ -142,8 +142,11 @@ def _binary_cloudevent(
 
 
 def cloudevent_key(source: str, ce_id: str) -> str:
-    """CloudEvents are unique by (source, id); both go into the key, the id last."""
-    return f"{source}#{ce_id}"
+    """CloudEvents are unique by (source, id); both go into the key, the id last.
+
+    The source's own `%` and `#` are escaped, so the first `#` always ends it and two
+    different pairs never share a key (`a#b` + `c` versus `a` + `b#c`)."""
+    return f"{source.replace('%', '%25').replace('#', '%23')}#{ce_id}"
 
 
 def _ce_action(ce_type: str, types: CloudEventTypes) -> ActionType:

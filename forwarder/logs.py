@@ -38,12 +38,18 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return _scrub_text(value)
     if isinstance(value, dict):
-        return {key: _scrub(item) for key, item in value.items()}
+        # JSON keys are strings: a (topic, partition) key would make the renderer raise.
+        return {_scrub_text(str(key)): _scrub(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(item) for item in value]
     if isinstance(value, bytes):
         return _scrub_text(value.decode("utf-8", "replace"))
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else is rendered with str() (an exception, say): scrub what it would show.
+    text = str(value)
+    scrubbed = _scrub_text(text)
+    return value if scrubbed == text else scrubbed
 
 
 def scrub_secrets(

@@ -158,11 +158,18 @@ class Scheduler:
         retries = self._retries[tool]
         return retries[0][0] if retries else None
 
-    def retry_at(self, job: Job, when: float) -> None:
-        """The job keeps its place at the head of its lane and its claim on the key."""
+    def retry_at(self, job: Job, when: float) -> list[Job]:
+        """The job keeps its place at the head of its lane and its claim on the key.
+
+        A job cancelled while in flight is not retried (its partition's owner reads
+        it again): it ends as a failed one, releasing its key, and the copies that
+        thereby became duplicates are returned. Otherwise nothing is returned."""
+        if job.cancelled:
+            return self.complete(job, delivered=False, now=when)
         job.in_flight = False
         job.ready_at = when
         heapq.heappush(self._retries[job.event.action.tool], (when, next(self._sequence), job))
+        return []
 
     # Rebalances ----------------------------------------------------------------
 

@@ -323,7 +323,7 @@ class Pipeline:
         elif isinstance(outcome, Unauthorized):
             # Not the event's fault: it waits, attempt uncounted, behind the credentials halt.
             job.attempts -= 1
-            self._scheduler.retry_at(job, now)
+            self._retry_at(job, now)
         else:
             self._rejected(job, outcome)
 
@@ -416,7 +416,11 @@ class Pipeline:
                 suppressed=suppressed,
                 **self._fields(job),
             )
-        self._scheduler.retry_at(job, now + delay)
+        self._retry_at(job, now + delay)
+
+    def _retry_at(self, job: Job, when: float) -> None:
+        for duplicate in self._scheduler.retry_at(job, when):
+            self._finish_duplicate(duplicate)
 
     def _rejected(self, job: Job, outcome: Rejected) -> None:
         self._fail(
