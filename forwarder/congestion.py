@@ -1,15 +1,21 @@
-"""Learning Legiti's real capacity from its 429s (AIMD on the send rate).
+"""Learning Legiti's real capacity from its 429s: a CUBIC-shaped send-rate ceiling.
 
 Configured limits are what the operator knows; a 429 is what the server knows.
-On the first 429 of an episode the send rate is capped just under what the
-server accepted in the last second, and each later 429 episode cuts it by
-`decrease`. Successes raise it again by about `increase` of itself per second,
-so the forwarder keeps probing for spare capacity instead of settling low. A
-rate is used rather than a concurrency window because against a fast server even
-one connection far exceeds a per-second limit.
+A rate (not a concurrency window) is controlled, because against a fast server
+even one connection far exceeds a per-second limit.
 
-One reaction per episode: all the 429s for sends made before the last cut are
-the same news arriving late, and reacting to each would collapse the rate.
+- No ceiling until the first 429. Then the ceiling's *peak* is estimated as what
+  the server accepted in the last second plus what is still in flight (answers
+  not yet back would otherwise make the estimate collapse), and the rate drops
+  to `decrease` times the peak.
+- Between 429s the rate follows RFC 8312's cubic curve from there: it climbs
+  back to the peak over `recovery` seconds, flattens out around it (where the
+  server's limit most likely is, so 429s and the global Retry-After pauses they
+  bring stay rare), and only then accelerates to probe for more.
+- Each later 429 episode takes the current rate as the new peak.
+- One reaction per episode: 429s for sends made before the last cut are the
+  same news arriving late; reacting to each would collapse the rate.
+- Sends are paced evenly at the ceiling, so a burst cannot trip the server's window.
 """
 
 from __future__ import annotations
@@ -20,60 +26,72 @@ from collections import deque
 class AdaptiveRate:
     __slots__ = (
         "_accepted",
+        "_cubic",
+        "_cut_at",
         "_floor",
         "_forget_after",
-        "_last_cut",
         "_next_send",
+        "_peak",
         "decrease",
-        "increase",
-        "rate",
+        "recovery",
     )
 
     def __init__(
         self,
         decrease: float = 0.8,
-        increase: float = 0.05,
+        recovery: float = 4.0,
         floor: float = 1.0,
         forget_after: float = 60.0,
     ) -> None:
         self.decrease = decrease
-        self.increase = increase
+        self.recovery = recovery
+        self._cubic = (1.0 - decrease) / recovery**3
         self._floor = floor
         self._forget_after = forget_after
-        self.rate: float | None = None
-        self._last_cut = float("-inf")
+        self._peak: float | None = None
+        self._cut_at = float("-inf")
         self._next_send = 0.0
         self._accepted: deque[float] = deque()
 
+    def ceiling(self, now: float) -> float | None:
+        """Requests per second allowed now; None when no 429 was seen recently."""
+        if self._peak is None:
+            return None
+        elapsed = now - self._cut_at
+        if elapsed > self._forget_after:
+            self._peak = None
+            return None
+        growth = 1.0 + self._cubic * (elapsed - self.recovery) ** 3
+        return max(self._floor, self._peak * growth)
+
     def delay(self, now: float) -> float:
-        if self.rate is None:
-            return 0.0
-        if now - self._last_cut > self._forget_after:
-            self.rate = None
+        if self.ceiling(now) is None:
             return 0.0
         return max(0.0, self._next_send - now)
 
     def record(self, now: float) -> None:
-        """Pace sends evenly at the current rate, so a burst cannot trip the server's window."""
-        if self.rate is not None:
-            self._next_send = max(now, self._next_send) + 1.0 / self.rate
+        rate = self.ceiling(now)
+        if rate is not None:
+            self._next_send = max(now, self._next_send) + 1.0 / rate
 
     def on_accepted(self, now: float) -> None:
-        accepted = self._accepted
-        accepted.append(now)
-        while accepted[0] <= now - 1.0:
-            accepted.popleft()
-        if self.rate is not None:
-            self.rate += max(1.0, self.increase * self.rate) / self.rate
+        self._accepted.append(now)
+        self._forget_accepted(now)
 
-    def on_throttled(self, now: float, sent_at: float) -> bool:
+    def on_throttled(self, now: float, sent_at: float, in_flight: int) -> bool:
         """Returns True when this 429 lowered the rate (the first of its episode)."""
-        if sent_at < self._last_cut:
+        if sent_at < self._cut_at:
             return False
-        while self._accepted and self._accepted[0] <= now - 1.0:
-            self._accepted.popleft()
-        ceiling = self.rate if self.rate is not None else float(len(self._accepted))
-        self.rate = max(self._floor, ceiling * self.decrease)
-        self._last_cut = now
-        self._next_send = now + 1.0 / self.rate
+        current = self.ceiling(now)
+        if current is None:
+            self._forget_accepted(now)
+            current = float(len(self._accepted) + in_flight)
+        self._peak = max(self._floor, current)
+        self._cut_at = now
+        self._next_send = now + 1.0 / max(self._floor, self.decrease * self._peak)
         return True
+
+    def _forget_accepted(self, now: float) -> None:
+        accepted = self._accepted
+        while accepted and accepted[0] <= now - 1.0:
+            accepted.popleft()

@@ -19,6 +19,8 @@ from forwarder.dead_letters import EMPTY_VALUE, INVALID_EVENT, INVALID_JSON
 from forwarder.events import ActionType, AuthEvent, Invalid
 
 MAX_USER_ID_LENGTH = 256
+# The key travels as the Idempotency-Key header; servers refuse headers of many KB.
+MAX_KEY_LENGTH = 1024
 _CE_SPECVERSION = "1.0"
 
 
@@ -52,15 +54,24 @@ def decode(
     types: CloudEventTypes,
 ) -> AuthEvent | Invalid:
     try:
-        ce_headers = {name[3:]: raw for name, raw in headers if name.startswith("ce_")}
-        if "specversion" in ce_headers:
-            return _binary_cloudevent(ce_headers, value, types)
-        document = _json_object(value)
-        if "specversion" in document:
-            return _structured_cloudevent(document, types)
-        return _native(document)
+        event = _decode(value, headers, types)
     except _Reject as rejected:
         return rejected.invalid
+    if len(event.key) > MAX_KEY_LENGTH:
+        return Invalid(INVALID_EVENT, f"the event's key is longer than {MAX_KEY_LENGTH} characters")
+    return event
+
+
+def _decode(
+    value: bytes | None, headers: tuple[tuple[str, bytes], ...], types: CloudEventTypes
+) -> AuthEvent:
+    ce_headers = {name[3:]: raw for name, raw in headers if name.startswith("ce_")}
+    if "specversion" in ce_headers:
+        return _binary_cloudevent(ce_headers, value, types)
+    document = _json_object(value)
+    if "specversion" in document:
+        return _structured_cloudevent(document, types)
+    return _native(document)
 
 
 def _json_object(value: bytes | None) -> dict[str, Any]:

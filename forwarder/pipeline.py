@@ -94,13 +94,14 @@ class Pipeline:
         self._auth_throttle = Throttle(AUTH_LOG_PERIOD)
         self._scheduler = Scheduler(DeliveredWindow(options.dedupe_ttl, options.dedupe_max_entries))
         self._partitions: dict[Partition, PartitionOffsets] = {}
+        self._counters: dict[tuple[str, int, float], SlidingWindowLimiter] = {}
         self._backoff = Backoff(options.retry_initial_backoff, options.retry_max_backoff)
         configured = {
             "track_login": options.rate_limit_login,
             "track_logout": options.rate_limit_logout,
         }
         shared = [
-            SlidingWindowLimiter(rate)
+            self._limiter(rate)
             for rate in (*options.policy.shared, options.rate_limit)
             if rate is not None
         ]
@@ -108,7 +109,7 @@ class Pipeline:
             tool: LimiterSet(
                 *shared,
                 *(
-                    SlidingWindowLimiter(rate)
+                    self._limiter(rate)
                     for rate in (*options.policy.for_tool(tool).limits, configured[tool])
                     if rate is not None
                 ),
@@ -130,6 +131,13 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._dispatching = False
         self._dispatcher: asyncio.Task[None] | None = None
+
+    def _limiter(self, rate: Rate) -> SlidingWindowLimiter:
+        """One limiter per rate, except that limits naming the same gateway counter share one."""
+        if rate.counter is None:
+            return SlidingWindowLimiter(rate)
+        key = (rate.counter, rate.count, rate.window)
+        return self._counters.setdefault(key, SlidingWindowLimiter(rate))
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -380,7 +388,7 @@ class Pipeline:
 
     def _retry(self, job: Job, outcome: Retry, launch: _Launch, now: float) -> None:
         if outcome.throttled:
-            self._adaptive.on_throttled(now, launch.sent_at)
+            self._adaptive.on_throttled(now, launch.sent_at, self._in_flight)
         if outcome.retry_after is not None:
             self._not_before = max(self._not_before, now + outcome.retry_after)
         if job.first_failure_at is None:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from forwarder.events import TOOLS
-from forwarder.ratelimit import WINDOWS, Rate
+from forwarder.ratelimit import MAX_COUNT, WINDOWS, Rate
 
 SHARED_TOOL = "track_auth"
 
@@ -62,6 +62,11 @@ def parse_policy(document: Any) -> Policy:
     """
     if not isinstance(document, dict):
         raise PolicyError("policy: the document must be a JSON object")
+    version = document.get("version", "1")
+    if str(version) != "1":
+        raise PolicyError(
+            f"policy: unsupported version {version!r}; this forwarder reads version 1"
+        )
     default = document.get("default", "allow")
     if default not in ("allow", "deny"):
         raise PolicyError(f"policy: default must be 'allow' or 'deny', got {default!r}")
@@ -105,6 +110,7 @@ def _limit(name: str, index: int, limit: Any) -> Rate:
     window, count = limit.get("window"), limit.get("max")
     if window not in WINDOWS:
         raise PolicyError(f"{where}.window must be one of {', '.join(WINDOWS)}, got {window!r}")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise PolicyError(f"{where}.max must be a positive integer, got {count!r}")
-    return Rate(count, WINDOWS[window])
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise PolicyError(f"{where}.max must be an integer from 1 to {MAX_COUNT}, got {count!r}")
+    counter = limit.get("counter")
+    return Rate(count, WINDOWS[window], counter if isinstance(counter, str) else None)

@@ -446,3 +446,8 @@ def test_cloudevent_key_is_injective(first: tuple[str, str], second: tuple[str, 
     same_key = cloudevent_key(*first) == cloudevent_key(*second)
     assert same_key == (first == second)
     assert first[1] in cloudevent_key(*first)
+
+
+def test_keys_longer_than_a_header_can_carry_are_invalid() -> None:
+    rejected(run(native(event_id="x" * 1025)), INVALID_EVENT, "longer than 1024")
+    assert isinstance(run(native(event_id="x" * 1024)), AuthEvent)

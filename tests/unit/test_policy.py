@@ -195,3 +195,20 @@ def test_bad_documents_name_the_path(document: Any, where: str) -> None:
 def test_policy_error_is_a_value_error() -> None:
     """Configuration validation reports ValueErrors as bad settings."""
     assert issubclass(PolicyError, ValueError)
+
+
+def test_counter_names_are_kept_and_versions_checked() -> None:
+    policy = parse_policy(
+        {
+            "version": "1",
+            "tools": {
+                "track_login": {"limits": [{"counter": "auth", "window": "minute", "max": 9}]},
+            },
+        }
+    )
+    (limit,) = policy.for_tool(TRACK_LOGIN).limits
+    assert limit.counter == "auth"
+    with pytest.raises(PolicyError, match="unsupported version '2'"):
+        parse_policy({"version": "2", "tools": {}})
+    with pytest.raises(PolicyError, match="max must be an integer from 1 to 1000000"):
+        parse_policy({"tools": {"track_login": {"limits": [{"window": "day", "max": 10**7}]}}})

@@ -96,7 +96,7 @@ def test_rate_str_round_trips(rate: Rate, text: str) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    count=st.integers(1, 10**9),
+    count=st.integers(1, 1_000_000),
     multiple=st.sampled_from(["", "1", "2", "10", "90"]),
     unit=st.sampled_from(["second", "minute", "hour", "day", "s", "min", "h", "d"]),
     plural=st.booleans(),
@@ -110,6 +110,11 @@ def test_parse_rate_any_well_formed_text(
     rate = parse_rate(f"{count}/{multiple}{unit}{suffix}")
     assert rate.count == count
     assert rate.window == seconds[unit] * (int(multiple) if multiple else 1)
+
+
+def test_parse_rate_refuses_counts_it_cannot_remember() -> None:
+    with pytest.raises(ValueError, match="at most 1,000,000 sends per window"):
+        parse_rate("1000001/day")
 
 
 # The sliding log -------------------------------------------------------------------
