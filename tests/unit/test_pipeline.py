@@ -55,7 +55,7 @@ async def test_limits_naming_one_counter_share_its_allowance() -> None:
     for _ in range(20):  # let every task run: a fourth send would start now
         await asyncio.sleep(0)
     assert len(sender.sent) == 3
-    assert pipeline.buffered == 3
+    assert pipeline.in_flight == 0
     assert await pipeline.drain(1.0)
 
 
