@@ -121,8 +121,11 @@ class KafkaSource:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._commit_interval)
-            await self.commit()
-            self._update_lag()
+            try:
+                await self.commit()
+                self._update_lag()
+            except Exception as exc:  # commits must outlive any one failure
+                self._warn("offset commit loop error; continuing", exc)
 
     async def commit(self, only: set[tuple[str, int]] | None = None) -> None:
         """Commit every partition's finished prefix that moved since the last commit."""
