@@ -40,6 +40,7 @@ class Job:
     in_flight: bool = False
     cancelled: bool = False
     ready_at: float = field(default=0.0)
+    seq: int = 0
 
     @property
     def lane(self) -> LaneKey:
@@ -56,7 +57,7 @@ class Scheduler:
         self._lanes: dict[LaneKey, deque[Job]] = {}
         self._claims: dict[str, Job] = {}
         self._parked: dict[str, deque[Job]] = {}
-        self._fresh: dict[str, deque[Job]] = {tool: deque() for tool in TOOLS}
+        self._ready: dict[str, list[tuple[int, Job]]] = {tool: [] for tool in TOOLS}
         self._retries: dict[str, list[tuple[float, int, Job]]] = {tool: [] for tool in TOOLS}
         self._sequence = itertools.count()
 
@@ -64,6 +65,7 @@ class Scheduler:
 
     def admit(self, job: Job, now: float) -> list[Job]:
         """Queue a job behind its user's earlier events; returns jobs finished as duplicates."""
+        job.seq = next(self._sequence)
         lane = self._lanes.setdefault(job.lane, deque())
         lane.append(job)
         duplicates: list[Job] = []
@@ -128,28 +130,26 @@ class Scheduler:
 
     def _claim(self, job: Job) -> None:
         self._claims[job.event.key] = job
-        self._fresh[job.event.action.tool].append(job)
+        heapq.heappush(self._ready[job.event.action.tool], (job.seq, job))
 
     # Dispatch ------------------------------------------------------------------
 
     def peek(self, tool: str, now: float) -> Job | None:
-        """The next job of this tool that may go now, or None."""
-        retries = self._retries[tool]
-        while retries and retries[0][2].cancelled:
-            heapq.heappop(retries)
-        if retries and retries[0][0] <= now:
-            return retries[0][2]
-        fresh = self._fresh[tool]
-        while fresh and fresh[0].cancelled:
-            fresh.popleft()
-        return fresh[0] if fresh else None
+        """The oldest job of this tool (in consumption order) that may go now, or None.
 
-    def take(self, tool: str, now: float) -> Job:
+        Oldest first, not round-robin over users, keeps the committable prefix
+        close behind what was delivered, which bounds what a crash re-sends."""
+        retries, ready = self._retries[tool], self._ready[tool]
+        while retries and retries[0][0] <= now:
+            _, seq, job = heapq.heappop(retries)
+            heapq.heappush(ready, (seq, job))
+        while ready and ready[0][1].cancelled:
+            heapq.heappop(ready)
+        return ready[0][1] if ready else None
+
+    def take(self, tool: str) -> Job:
         """Remove and return what `peek` returned; the job is now in flight."""
-        retries = self._retries[tool]
-        job = heapq.heappop(retries)[2] if retries and retries[0][0] <= now else None
-        if job is None:
-            job = self._fresh[tool].popleft()
+        job = heapq.heappop(self._ready[tool])[1]
         job.in_flight = True
         return job
 
@@ -168,7 +168,7 @@ class Scheduler:
             return self.complete(job, delivered=False, now=when)
         job.in_flight = False
         job.ready_at = when
-        heapq.heappush(self._retries[job.event.action.tool], (when, next(self._sequence), job))
+        heapq.heappush(self._retries[job.event.action.tool], (when, job.seq, job))
         return []
 
     # Rebalances ----------------------------------------------------------------

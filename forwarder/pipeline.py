@@ -260,34 +260,37 @@ class Pipeline:
                     await self._wake.wait()
 
     def _dispatch_ready(self) -> float:
-        """Send everything that may go now, alternating between the tools; return how
-        long until something might become sendable without being woken."""
-        wait = float("inf")
-        launched = True
-        while launched and self._dispatching:
-            launched = False
+        """Send everything that may go now, oldest first across both tools; return how
+        long until something might become sendable without being woken.
+
+        The other tool's oldest event goes ahead only when this tool's own limit
+        holds: one tool's limit never blocks the other."""
+        while self._dispatching:
             now = self._clock()
+            wait = float("inf")
+            candidates: list[tuple[int, str, Job]] = []
             for tool in TOOLS:
                 job = self._scheduler.peek(tool, now)
-                if job is None:
-                    due = self._scheduler.next_due(tool)
-                    if due is not None:
-                        wait = min(wait, due - now)
-                    continue
-                if self._in_flight >= self.options.max_in_flight:
-                    return wait
-                gate = max(
-                    self.auth.delay(now), self.circuit.halt.delay(now), self._not_before - now
-                )
+                if job is not None:
+                    candidates.append((job.seq, tool, job))
+                elif (due := self._scheduler.next_due(tool)) is not None:
+                    wait = min(wait, due - now)
+            if not candidates or self._in_flight >= self.options.max_in_flight:
+                return max(wait, 0.001)
+            gate = max(self.auth.delay(now), self.circuit.halt.delay(now), self._not_before - now)
+            if gate > 0:
+                return max(min(wait, gate), 0.001)
+            for _, tool, job in sorted(candidates, key=lambda candidate: candidate[0]):
                 limit = max(self._limits[tool].delay(now), self._adaptive.delay(now))
-                if gate > 0 or limit > 0:
-                    if limit > 0 and job.limited_since is None:
-                        job.limited_since = now
-                    wait = min(wait, max(gate, limit))
-                    continue
-                self._launch(self._scheduler.take(tool, now), tool, now)
-                launched = True
-        return max(wait, 0.001)
+                if limit <= 0:
+                    self._launch(self._scheduler.take(tool), tool, now)
+                    break
+                if job.limited_since is None:
+                    job.limited_since = now
+                wait = min(wait, limit)
+            else:
+                return max(wait, 0.001)
+        return float("inf")
 
     def _launch(self, job: Job, tool: str, now: float) -> None:
         slots = self._limits[tool].start()

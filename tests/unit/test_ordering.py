@@ -45,7 +45,7 @@ def scheduler(ttl: float = 3600.0, max_entries: int = 1000) -> Scheduler:
 def take(sched: Scheduler, now: float = 0.0, tool: str = TRACK_LOGIN) -> Job:
     peeked = sched.peek(tool, now)
     assert peeked is not None
-    taken = sched.take(tool, now)
+    taken = sched.take(tool)
     assert taken is peeked
     assert taken.in_flight
     return taken
@@ -236,7 +236,8 @@ def test_retried_head_keeps_the_claim_on_its_key() -> None:
     assert sched.complete(first, delivered=True, now=11.0) == [copy]
 
 
-def test_due_retries_come_before_fresh_jobs_in_due_order() -> None:
+def test_due_retries_rejoin_in_consumption_order() -> None:
+    """Oldest first keeps the committable prefix close behind the deliveries."""
     sched = scheduler()
     a, b, c = job("a", "alice"), job("b", "bob"), job("c", "carol")
     sched.admit(a, 0.0)
@@ -247,9 +248,10 @@ def test_due_retries_come_before_fresh_jobs_in_due_order() -> None:
     sched.retry_at(b, 2.0)
     sched.admit(c, 0.0)
     assert sched.next_due(TRACK_LOGIN) == 2.0
-    assert take(sched, 5.0) is b
+    assert take(sched, 1.0) is c
+    assert sched.peek(TRACK_LOGIN, 2.5) is b
     assert take(sched, 5.0) is a
-    assert take(sched, 5.0) is c
+    assert take(sched, 5.0) is b
 
 
 def test_cancel_drops_jobs_of_revoked_partitions() -> None:
@@ -427,7 +429,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         peeked = self.sched.peek(tool, self.now)
         if peeked is None:
             return False
-        taken = self.sched.take(tool, self.now)
+        taken = self.sched.take(tool)
         assert taken is peeked
         assert not taken.cancelled
         assert id(taken) not in self.finished
@@ -551,7 +553,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             else:
                 assert duplicates == []
                 assert self.sched.peek(TRACK_LOGIN, self.now) is probe
-                self.sched.take(TRACK_LOGIN, self.now)
+                self.sched.take(TRACK_LOGIN)
                 self.sched.complete(probe, delivered=False, now=self.now)
 
 
