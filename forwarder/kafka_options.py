@@ -12,6 +12,7 @@ from aiokafka.helpers import create_ssl_context
 
 from forwarder import __version__
 from forwarder.config import Settings
+from forwarder.logs import register_secret
 
 
 class KafkaSecretError(RuntimeError):
@@ -23,12 +24,14 @@ def _sasl_password(settings: Settings) -> str | None:
         return settings.kafka_sasl_password.get_secret_value()
     if settings.kafka_sasl_password_file is not None:
         try:
-            return settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+            password = settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             path = settings.kafka_sasl_password_file
             raise KafkaSecretError(
                 f"cannot read FORWARDER_KAFKA_SASL_PASSWORD_FILE {path}: {exc.strerror}"
             ) from exc
+        register_secret(password)
+        return password
     return None
 
 
