@@ -22,6 +22,7 @@ EMPTY_VALUE = "empty_value"
 REJECTED = "rejected"
 RETRIES_EXHAUSTED = "retries_exhausted"
 DENIED_BY_POLICY = "denied_by_policy"
+REASONS = (INVALID_JSON, INVALID_EVENT, EMPTY_VALUE, REJECTED, RETRIES_EXHAUSTED, DENIED_BY_POLICY)
 
 
 def _clip(data: bytes, limit: int) -> bytes:

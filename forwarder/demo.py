@@ -21,8 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from forwarder.app import Forwarder
 from forwarder.config import load_settings
+from forwarder.dead_letters import REASONS
 from forwarder.events import ActionType
-from forwarder.metrics import DEAD_LETTER_REASONS
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
 from forwarder.sandbox.legiti import Faults, LegitiStub
 
@@ -151,10 +151,7 @@ class _Counters:
         return int(self._registry.get_sample_value(name, labels) or 0)
 
     def snapshot(self) -> dict[str, int]:
-        dead = sum(
-            self.value("forwarder_events_dead_lettered_total", reason=r)
-            for r in DEAD_LETTER_REASONS
-        )
+        dead = sum(self.value("forwarder_events_dead_lettered_total", reason=r) for r in REASONS)
         return {
             "consumed": self.value("forwarder_events_consumed_total"),
             "forwarded": sum(
@@ -262,7 +259,7 @@ def _summary(
         value = counters.value("forwarder_events_forwarded_total", action_type=action.value)
         print(f"  forwarded {action.value:<14}{value}")
     print(f"  duplicates          {snap['duplicates']} (not sent again)")
-    for reason in DEAD_LETTER_REASONS:
+    for reason in REASONS:
         value = counters.value("forwarder_events_dead_lettered_total", reason=reason)
         if value:
             print(f"  dead-lettered {reason:<18}{value}")

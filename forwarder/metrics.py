@@ -19,16 +19,9 @@ from prometheus_client import (
 )
 
 from forwarder import __version__
+from forwarder.dead_letters import REASONS
 from forwarder.events import ActionType
 
-DEAD_LETTER_REASONS = (
-    "invalid_json",
-    "invalid_event",
-    "empty_value",
-    "rejected",
-    "retries_exhausted",
-    "denied_by_policy",
-)
 # `*_created` series double the exposition for no operational use.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -125,5 +118,5 @@ class Metrics:
         self.credentials_valid.set(1)
         for action in ActionType:
             self.forwarded.labels(action_type=action.value)
-        for reason in DEAD_LETTER_REASONS:
+        for reason in REASONS:
             self.dead_lettered.labels(reason=reason)
