@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forwarder import dedupe
 from forwarder.dedupe import DeliveredWindow
 
 
@@ -110,3 +117,188 @@ def test_model(ttl: float, max_entries: int, script: list[tuple[str, float]]) ->
             expected = other in newest and now - at < ttl
             assert window.contains(other, now) == expected, (other, at, now)
         assert window.contains(key, now)
+
+
+class ModelWindow:
+    """The window as it was first written, an OrderedDict of keys: the reference.
+
+    `identity` is what makes two keys the same: the key itself, or the fingerprint
+    when a test narrows fingerprints to force collisions (colliding keys are then
+    one key, in the model as in the window).
+    """
+
+    def __init__(
+        self, ttl: float, max_entries: int, identity: Callable[[str], object] = str
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.identity = identity
+        self._delivered: OrderedDict[object, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._delivered)
+
+    def contains(self, key: str, now: float) -> bool:
+        delivered_at = self._delivered.get(self.identity(key))
+        return delivered_at is not None and now - delivered_at < self.ttl
+
+    def add(self, key: str, now: float) -> None:
+        if self.max_entries == 0 or self.ttl <= 0:
+            return
+        key_id = self.identity(key)
+        self._delivered[key_id] = now
+        self._delivered.move_to_end(key_id)
+        while self._delivered:
+            oldest_key, oldest_at = next(iter(self._delivered.items()))
+            if now - oldest_at < self.ttl:
+                break
+            del self._delivered[oldest_key]
+        while len(self._delivered) > self.max_entries:
+            self._delivered.popitem(last=False)
+
+
+# A step: ("add", key, time advance) or ("contains", key, query offset from now).
+Step = tuple[str, int, float]
+
+
+@st.composite
+def scripts(draw: st.DrawFn, universe: int, ramp: int, size: int) -> list[Step]:
+    """Up to `ramp` adds of distinct keys, which grow the storage (Hypothesis keeps
+    drawn lists short), then up to `size` steps, three adds to a lookup."""
+    advance = st.sampled_from([0.0, 0.25, 1.0, 3.0]) | st.floats(0.0, 5.0)
+    gap = draw(st.sampled_from([0.0, 0.1, 1.0]))
+    ramped: list[Step] = [("add", index, gap) for index in range(draw(st.integers(0, ramp)))]
+    key = st.integers(0, universe - 1)
+    add = st.tuples(st.just("add"), key, advance)
+    step = st.one_of(add, add, add, st.tuples(st.just("contains"), key, st.floats(-10.0, 10.0)))
+    return ramped + draw(st.lists(step, max_size=size))
+
+
+def replay(window: DeliveredWindow, model: ModelWindow, universe: int, script: list[Step]) -> None:
+    """Run the script on both, checking after every step that they agree on the
+    size and the key touched, and on every key of the universe every few steps."""
+    now = 0.0
+    every = max(1, universe // 16)
+    for number, (action, index, amount) in enumerate(script, 1):
+        key = str(index)
+        if action == "add":
+            now += amount
+            window.add(key, now)
+            model.add(key, now)
+        else:
+            assert window.contains(key, now + amount) == model.contains(key, now + amount)
+        assert len(window) == len(model)
+        assert window.contains(key, now) == model.contains(key, now)
+        if number % every == 0 or number == len(script):
+            for other in map(str, range(universe)):
+                assert window.contains(other, now) == model.contains(other, now), (other, now)
+
+
+ttls = st.sampled_from([0.0, -1.0, math.nan, 0.5, 2.0, 7.0, math.inf]) | st.floats(0.1, 30.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ttl=ttls,
+    max_entries=st.integers(0, 10),
+    universe=st.integers(1, 14),
+    data=st.data(),
+)
+def test_agrees_with_the_ordereddict_model(
+    ttl: float, max_entries: int, universe: int, data: st.DataObject
+) -> None:
+    """Small bounds and a small key set: re-adds, refreshes, eviction by size and
+    by time, and the disabled cases (ttl <= 0, max_entries 0) all come up."""
+    script = data.draw(scripts(universe, 0, 60))
+    replay(DeliveredWindow(ttl, max_entries), ModelWindow(ttl, max_entries), universe, script)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ttl=st.sampled_from([1e9, 40.0, 150.0]),
+    max_entries=st.integers(60, 300),
+    data=st.data(),
+)
+def test_agrees_with_the_model_while_growing(
+    ttl: float, max_entries: int, data: st.DataObject
+) -> None:
+    """Enough distinct keys to grow the storage past its first allocation, twice,
+    with the window full and keys expiring."""
+    universe = 500
+    script = data.draw(scripts(universe, universe, 200))
+    replay(DeliveredWindow(ttl, max_entries), ModelWindow(ttl, max_entries), universe, script)
+
+
+# Narrowed fingerprints, for keys that are decimal integers.
+narrowed: dict[str, Callable[[str], int]] = {
+    # Genuine collisions: different keys, one fingerprint, so one key.
+    "three fingerprints": lambda key: int(key) % 3,
+    # Distinct fingerprints sharing the home slot 0, in every table size: one cluster.
+    "one home": lambda key: int(key) << 40,
+    # Homes in the last slot, 0 and 1: clusters that wrap round and interleave.
+    "wrapping homes": lambda key: (int(key) % 3 - 1) + (int(key) << 40),
+    # Both: a few homes, some shared fingerprints.
+    "mixed": lambda key: (int(key) % 7) + ((int(key) % 11) << 40),
+}
+
+
+@pytest.mark.parametrize("fingerprint", narrowed.values(), ids=narrowed.keys())
+@settings(max_examples=60, deadline=None)
+@given(
+    ttl=st.sampled_from([1e9, 6.0]) | st.floats(0.5, 20.0),
+    max_entries=st.integers(1, 150),
+    universe=st.sampled_from([8, 40, 300]),
+    data=st.data(),
+)
+def test_agrees_with_the_model_under_forced_collisions(
+    fingerprint: Callable[[str], int],
+    ttl: float,
+    max_entries: int,
+    universe: int,
+    data: st.DataObject,
+) -> None:
+    """Long probe sequences, deletions from the middle of clusters and clusters
+    wrapping round the table: colliding keys act as one key, nothing else leaks."""
+    script = data.draw(scripts(universe, universe, 150))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dedupe, "_fingerprint", fingerprint)
+        window = DeliveredWindow(ttl, max_entries)
+        replay(window, ModelWindow(ttl, max_entries, identity=fingerprint), universe, script)
+
+
+def test_agrees_with_the_model_over_a_long_run_of_uuid_like_keys() -> None:
+    """Thousands of steps through several growths, at a steady full window."""
+    rng = random.Random(7)
+    keys = [f"{rng.getrandbits(128):032x}" for _ in range(3000)]
+    window, model = DeliveredWindow(500.0, 1000), ModelWindow(500.0, 1000)
+    now = 0.0
+    for step in range(30_000):
+        key = rng.choice(keys)
+        now += rng.choice([0.0, 0.01, 0.1])
+        window.add(key, now)
+        model.add(key, now)
+        probe = rng.choice(keys)
+        assert window.contains(probe, now) == model.contains(probe, now)
+        assert len(window) == len(model)
+        if step % 5000 == 0:
+            assert all(window.contains(k, now) == model.contains(k, now) for k in keys)
+
+
+def test_colliding_keys_count_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The price of fingerprints, made certain: a collision reads as a duplicate."""
+    monkeypatch.setattr(dedupe, "_fingerprint", lambda key: len(key))
+    window = DeliveredWindow(ttl=60.0, max_entries=10)
+    window.add("ab", 0.0)
+    assert window.contains("cd", 1.0)
+    window.add("cd", 2.0)
+    assert len(window) == 1
+
+
+def test_an_unbounded_looking_window_is_cheap_until_used() -> None:
+    """Storage grows with use, so a huge bound (past 32-bit node numbers) is fine."""
+    window = DeliveredWindow(ttl=60.0, max_entries=2**40)
+    for i in range(200):
+        window.add(str(i), float(i) / 10)
+    assert len(window) == 200
+    assert window.contains("0", 20.0)
+    assert not window.contains("200", 20.0)
