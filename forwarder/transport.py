@@ -4,11 +4,17 @@ httpx is the client API the sink is written against; its stock transport
 (httpcore) is the slowest part of a request at high concurrency on a keep-alive
 connection pool. This transport keeps the httpx interface and hands the wire to
 aiohttp, reading the (small) answer whole so no stream object outlives the call.
+
+It is on the hot path of every event, so it does per request only what a
+request needs: aiohttp timeout objects are built once per distinct timeout
+setting, the cookie jar is a no-op, and the answer becomes an `httpx.Response`
+over the bytes already read (no content re-encoding, no header re-computation).
 """
 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import aiohttp
 import httpx
@@ -19,6 +25,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[Any, Any], aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -28,25 +35,34 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
         timeout = request.extensions.get("timeout", {})
+        key = (timeout.get("read"), timeout.get("connect"))
+        cached = self._timeouts.get(key)
+        if cached is None:
+            cached = self._timeouts[key] = aiohttp.ClientTimeout(total=key[0], sock_connect=key[1])
+        return cached
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        stream = request.stream
+        # An in-memory body (what the sink sends) is taken as it is; anything else is read.
+        body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
         try:
             async with self._client().request(
                 request.method,
                 str(request.url),
-                headers=request.headers.multi_items(),
-                data=request.content or None,
+                headers=[
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                ],
+                data=body or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=timeout.get("read"),
-                    sock_connect=timeout.get("connect"),
-                ),
+                timeout=self._timeout(request),
             ) as response:
-                body = await response.read()
+                content = await response.read()
         except TimeoutError as exc:
             raise httpx.TimeoutException(str(exc) or "timed out", request=request) from exc
         except aiohttp.ClientError as exc:
@@ -54,7 +70,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            content=body,
+            stream=httpx.ByteStream(content),
             request=request,
         )
 

@@ -1,0 +1,464 @@
+"""One benchmark: a broker, a sink, a preloaded topic, and every measurement against them.
+
+Runs are interleaved (forwarder, aiohttp ceiling, consume ceiling, naive; then
+again) so that a machine that slows down half-way skews all of them alike and
+the ratios stay honest. Every number is the median of `runs` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from forwarder import __version__
+from forwarder.bench.processes import (
+    BenchError,
+    ForwarderProcess,
+    SinkProcess,
+    delivery_rate,
+    rss_mb,
+    run_worker,
+    runqueue_wait_seconds,
+)
+from forwarder.bench.workload import (
+    DUPLICATE_FRACTION,
+    PARTITIONS,
+    USERS,
+    BenchRecord,
+    create_topic,
+    generate,
+    preload,
+)
+from forwarder.config import Settings
+from forwarder.sandbox.broker import SandboxBroker
+from forwarder.sink import idempotency_key
+
+SEED = 4
+MAX_IN_FLIGHT = 64
+FETCH_MAX_WAIT_MS = 10
+
+
+def fetch_wait_setting() -> dict[str, str]:
+    """Tansu holds an empty fetch until its wait runs out even when records arrive
+    meanwhile (Kafka answers as soon as there are any), so on Tansu the consumer's
+    fetch_max_wait_ms (aiokafka's default: 500) is added to every record's latency: a
+    bare aiokafka consumer sees p50 ≈ 130 ms, p99 ≈ 250 ms. The latency runs measure the
+    forwarder, not that quirk, so they lower the wait where the forwarder lets them."""
+    if "kafka_fetch_max_wait_ms" not in Settings.model_fields:
+        return {}
+    return {"FORWARDER_KAFKA_FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS)}
+
+
+_LATENCY_SETTLE_SECONDS = 1.0
+_SAMPLE_INTERVAL = 0.25
+_PACING_TICK = 0.01
+"""The paced producer hands records over every 10 ms, as a producer lingering 10 ms would:
+ticking every 2 ms cost the benchmark process and the broker three times the CPU (32% and
+16% at 1,300 records/s), taken from the forwarder it is measuring."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    events: int = 100_000
+    runs: int = 3
+    naive_events: int = 2_000
+    naive_seconds: float = 20.0
+    latency_seconds: float = 10.0
+    latency_rate: float | None = None
+    """Records per second for the latency runs; None: half the forwarder's measured rate."""
+    backlog: bool = False
+    backlog_events: int = 1_000_000
+    backlog_compare_events: int = 100_000
+    backlog_rate: str = "200/second"
+    backlog_seconds: float = 30.0
+    log_dir: Path = field(default_factory=lambda: Path("bench-results/logs"))
+    session_timeout_ms: int = 6_000
+    """Tansu completes a group join only after about half the session timeout; 6 s (the
+    integration tests' value) starts each run in 3 s instead of the default's 5 s."""
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _allowance(events: float, floor_rate: float = 200.0) -> float:
+    """Generous: a run that takes this long is broken, not slow."""
+    return 30.0 + events / floor_rate
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def _samples(metrics: str, name: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name:
+                total += sample.value
+    return total
+
+
+class Bench:
+    def __init__(self, options: BenchOptions, broker: SandboxBroker, sink: SinkProcess) -> None:
+        self.options = options
+        self.broker = broker
+        self.sink = sink
+        self.log_dir = options.log_dir
+
+    def _forwarder(self, name: str, topic: str, sink_url: str, **extra: str) -> ForwarderProcess:
+        return ForwarderProcess(
+            self.log_dir,
+            name,
+            {
+                "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+                "FORWARDER_KAFKA_TOPICS": topic,
+                "FORWARDER_KAFKA_GROUP_ID": _unique("bench"),
+                "FORWARDER_LEGITI_BASE_URL": sink_url,
+                "FORWARDER_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+                "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": str(self.options.session_timeout_ms),
+                "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": str(self.options.session_timeout_ms // 12),
+                **fetch_wait_setting(),
+                **extra,
+            },
+        )
+
+    # Throughput ------------------------------------------------------------------------
+
+    async def forwarder_run(
+        self, index: int, topic: str, records: int, expected: int
+    ) -> dict[str, Any]:
+        """Drain the preloaded topic with a fresh consumer group; rate as the sink saw it."""
+        await self.sink.reset()
+        forwarder = self._forwarder(f"forwarder-{index}", topic, self.sink.url)
+        try:
+            await forwarder.wait_started()
+            stats = await self.sink.wait_accepted(
+                expected, _allowance(records), watch=forwarder.child
+            )
+            cpu = forwarder.cpu_since_start()
+            peak = forwarder.peak_rss_mb()
+            consumed, duplicates = await self._settled_counts(forwarder, records)
+            stats = await self.sink.stats()
+        finally:
+            exit_code = forwarder.stop()
+        return {
+            "exit_code": exit_code,
+            "events_per_second": delivery_rate(stats),
+            "seconds": stats["wall_last_accepted_at"] - stats["wall_first_accepted_at"],
+            "deliveries": stats["accepted"],
+            "requests": stats["total"],
+            "consumed": consumed,
+            "duplicates": duplicates,
+            "peak_rss_mb": peak,
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_1000_events": cpu / records * 1000,
+        }
+
+    async def _settled_counts(self, forwarder: ForwarderProcess, records: int) -> tuple[int, int]:
+        """Records consumed and duplicates counted, once the trailing copies are read too."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            metrics = await forwarder.metrics()
+            consumed = int(_samples(metrics, "forwarder_events_consumed_total"))
+            duplicates = int(_samples(metrics, "forwarder_events_duplicate_total"))
+            if consumed >= records or time.monotonic() > deadline:
+                return consumed, duplicates
+            await asyncio.sleep(0.05)
+
+    async def aiohttp_run(self, index: int, expected: int) -> dict[str, Any]:
+        await self.sink.reset()
+        result = await run_worker(
+            self.log_dir,
+            f"aiohttp-{index}",
+            "forwarder.bench.workers",
+            {
+                "kind": "aiohttp",
+                "url": self.sink.url,
+                "events": self.options.events,
+                "seed": SEED,
+                "concurrency": MAX_IN_FLIGHT,
+            },
+        )
+        stats = await self.sink.stats()
+        if stats["accepted"] != expected or result["failures"]:
+            raise BenchError(f"aiohttp ceiling: {stats['accepted']} of {expected} accepted")
+        return {
+            "events_per_second": delivery_rate(stats),
+            "deliveries": stats["accepted"],
+            "cpu_seconds_per_1000_events": result["cpu_seconds"] / expected * 1000,
+        }
+
+    async def consume_run(self, index: int, topic: str) -> dict[str, Any]:
+        result = await run_worker(
+            self.log_dir,
+            f"consume-{index}",
+            "forwarder.bench.workers",
+            {
+                "kind": "consume",
+                "bootstrap": self.broker.bootstrap,
+                "topic": topic,
+                "events": self.options.events,
+            },
+        )
+        return {
+            "events_per_second": result["events_per_second"],
+            "records": result["records"],
+            "cpu_seconds_per_1000_events": result["cpu_seconds"] / result["records"] * 1000,
+        }
+
+    async def naive_run(self, index: int, topic: str, keep_alive: bool) -> dict[str, Any]:
+        await self.sink.reset()
+        events = min(self.options.naive_events, self.options.events)
+        result = await run_worker(
+            self.log_dir,
+            f"naive-{'keepalive-' if keep_alive else ''}{index}",
+            "forwarder.bench.workers",
+            {
+                "kind": "naive",
+                "bootstrap": self.broker.bootstrap,
+                "topic": topic,
+                "group": _unique("naive"),
+                "url": self.sink.url,
+                "events": events,
+                "seconds": self.options.naive_seconds,
+                "session_timeout_ms": self.options.session_timeout_ms,
+                "keep_alive": keep_alive,
+            },
+        )
+        stats = await self.sink.stats()
+        if stats["accepted"] != result["sent"]:
+            raise BenchError(f"naive: {stats['accepted']} of {result['sent']} accepted")
+        return {"events_per_second": delivery_rate(stats), "deliveries": stats["accepted"]}
+
+    # Latency ---------------------------------------------------------------------------
+
+    async def latency_run(self, index: int, rate: float) -> dict[str, Any]:
+        """Produce at `rate` while the forwarder runs; latency is record timestamp → sink.
+
+        A fresh topic and a recording sink per run; the forwarder joins first, so every
+        record is read as soon as it is written, as in steady production traffic."""
+        count = max(10, int(rate * self.options.latency_seconds))
+        records = list(generate(count, SEED + 1 + index, prefix=f"lat{index}-"))
+        expected = sum(not r.duplicate for r in records)
+        topic = _unique("bench-latency")
+        await create_topic(self.broker.bootstrap, topic)
+        dump = self.log_dir / f"latency-{index}.json"
+        sink = await SinkProcess(self.log_dir, recording_to=dump).start()
+        try:
+            forwarder = self._forwarder(f"forwarder-latency-{index}", topic, sink.url)
+            try:
+                await forwarder.wait_ready()
+                await asyncio.sleep(_LATENCY_SETTLE_SECONDS)
+                waited = runqueue_wait_seconds(forwarder.pid)
+                started = time.monotonic()
+                sent_at = await self._paced_produce(topic, records, rate)
+                await sink.wait_accepted(expected, _allowance(count), watch=forwarder.child)
+                waited = runqueue_wait_seconds(forwarder.pid) - waited
+                elapsed = time.monotonic() - started
+            finally:
+                forwarder.stop()
+        finally:
+            await sink.stop()
+        arrivals: list[tuple[str, float]] = orjson.loads(dump.read_bytes())
+        latencies = sorted(at - sent_at[key] for key, at in arrivals)
+        if len(latencies) != expected:
+            raise BenchError(f"latency: {len(latencies)} of {expected} deliveries recorded")
+        return {
+            "rate": rate,
+            "deliveries": len(latencies),
+            "p50_ms": _percentile(latencies, 0.50) * 1000,
+            "p99_ms": _percentile(latencies, 0.99) * 1000,
+            "max_ms": latencies[-1] * 1000,
+            "forwarder_runqueue_wait_share": waited / elapsed,
+        }
+
+    async def _paced_produce(
+        self, topic: str, records: list[BenchRecord], rate: float
+    ) -> dict[str, float]:
+        """Write records at `rate`, each stamped with the moment it is handed over.
+
+        Returns, per Idempotency-Key of a first copy, that moment on the monotonic
+        clock (the sink's arrival times are on the same clock)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, acks=1)
+        await producer.start()
+        sent_at: dict[str, float] = {}
+        try:
+            started = time.monotonic()
+            sent = 0
+            while sent < len(records):
+                due = min(len(records), int((time.monotonic() - started) * rate) + 1)
+                for record in records[sent:due]:
+                    now = time.monotonic()
+                    await producer.send(
+                        topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=list(record.headers),
+                        partition=record.partition,
+                        timestamp_ms=int(time.time() * 1000),
+                    )
+                    if not record.duplicate:
+                        sent_at[idempotency_key(record.event_key)] = now
+                sent = due
+                await asyncio.sleep(_PACING_TICK)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return sent_at
+
+    # Backlog ---------------------------------------------------------------------------
+
+    async def backlog_run(self, events: int) -> dict[str, Any]:
+        """A forwarder in front of `events` queued records behind a tight rate limit:
+        RSS is sampled while its consumer sits paused."""
+        topic = _unique("bench-backlog")
+        await create_topic(self.broker.bootstrap, topic)
+        produced, produce_seconds = await preload(
+            self.broker.bootstrap, topic, generate(events, SEED, prefix="backlog-")
+        )
+        await self.sink.reset()
+        forwarder = self._forwarder(
+            f"forwarder-backlog-{events}",
+            topic,
+            self.sink.url,
+            FORWARDER_RATE_LIMIT=self.options.backlog_rate,
+        )
+        rss: list[float] = []
+        try:
+            await forwarder.wait_ready()
+            started = time.monotonic()
+            while time.monotonic() - started < self.options.backlog_seconds:
+                await asyncio.sleep(_SAMPLE_INTERVAL)
+                forwarder.child.check_alive()
+                rss.append(rss_mb(forwarder.pid))
+            elapsed = time.monotonic() - started
+            peak = forwarder.peak_rss_mb()
+            stats = await self.sink.stats()
+            metrics = await forwarder.metrics()
+        finally:
+            exit_code = forwarder.stop()
+        return {
+            "exit_code": exit_code,
+            "events": produced,
+            "produce_seconds": produce_seconds,
+            "produce_events_per_second": produced / produce_seconds,
+            "rate_limit": self.options.backlog_rate,
+            "seconds": elapsed,
+            "deliveries": stats["accepted"],
+            "deliveries_per_second": stats["accepted"] / elapsed,
+            "consumed": int(_samples(metrics, "forwarder_events_consumed_total")),
+            "buffered_events_at_end": int(_samples(metrics, "forwarder_buffered_events")),
+            "peak_rss_mb": peak,
+            "rss_mb_samples": rss[:: max(1, round(1 / _SAMPLE_INTERVAL))],
+        }
+
+
+def _summary(runs: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
+    return {key: _median([run[key] for run in runs]) for key in keys} | {"runs": runs}
+
+
+def machine() -> dict[str, Any]:
+    """The machine, and how busy it was: other work on a 2-core box moves every number."""
+    return {
+        "load_average_1m": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "forwarder_version": __version__,
+    }
+
+
+async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
+    options.log_dir.mkdir(parents=True, exist_ok=True)
+    machine_before = machine()
+    records = list(generate(options.events, SEED))
+    duplicates = sum(r.duplicate for r in records)
+    expected = len(records) - duplicates
+    with SandboxBroker() as broker:
+        sink = await SinkProcess(options.log_dir).start()
+        try:
+            bench = Bench(options, broker, sink)
+            topic = _unique("bench")
+            await create_topic(broker.bootstrap, topic)
+            produced, produce_seconds = await preload(broker.bootstrap, topic, iter(records))
+            del records
+            forwarder, aiohttp, consume, naive, keepalive = [], [], [], [], []
+            for index in range(options.runs):
+                forwarder.append(await bench.forwarder_run(index, topic, produced, expected))
+                aiohttp.append(await bench.aiohttp_run(index, expected))
+                consume.append(await bench.consume_run(index, topic))
+                naive.append(await bench.naive_run(index, topic, keep_alive=False))
+                keepalive.append(await bench.naive_run(index, topic, keep_alive=True))
+            forwarder_summary = _summary(
+                forwarder,
+                "events_per_second",
+                "peak_rss_mb",
+                "cpu_seconds_per_1000_events",
+            )
+            rate = options.latency_rate or forwarder_summary["events_per_second"] / 2
+            latency = [await bench.latency_run(index, rate) for index in range(options.runs)]
+            backlog = None
+            if options.backlog:
+                backlog = {
+                    "large": await bench.backlog_run(options.backlog_events),
+                    "small": await bench.backlog_run(options.backlog_compare_events),
+                }
+        finally:
+            await sink.stop()
+    results = {
+        "machine": {**machine_before, "load_average_1m_after": os.getloadavg()[0]},
+        "workload": {
+            "events": produced,
+            "deliveries": expected,
+            "duplicates": duplicates,
+            "duplicate_fraction": DUPLICATE_FRACTION,
+            "users": USERS,
+            "partitions": PARTITIONS,
+            "formats": {"native": 0.5, "cloudevents_structured": 0.25, "cloudevents_binary": 0.25},
+            "max_in_flight": MAX_IN_FLIGHT,
+            "fetch_max_wait_ms": int(
+                fetch_wait_setting().get("FORWARDER_KAFKA_FETCH_MAX_WAIT_MS", "500")
+            ),
+            "runs": options.runs,
+            "naive_events": min(options.naive_events, options.events),
+            "preload_seconds": produce_seconds,
+            "preload_events_per_second": produced / produce_seconds,
+        },
+        "forwarder": forwarder_summary,
+        "latency": _summary(latency, "rate", "p50_ms", "p99_ms", "max_ms"),
+        "aiohttp_ceiling": _summary(aiohttp, "events_per_second", "cpu_seconds_per_1000_events"),
+        "consume_ceiling": _summary(consume, "events_per_second", "cpu_seconds_per_1000_events"),
+        "naive": _summary(naive, "events_per_second"),
+        "naive_keepalive": _summary(keepalive, "events_per_second"),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+    }
+    fwd = results["forwarder"]["events_per_second"]
+    results["ratios"] = {
+        "forwarder_vs_aiohttp": fwd / results["aiohttp_ceiling"]["events_per_second"],
+        "forwarder_vs_naive": fwd / results["naive"]["events_per_second"],
+        "forwarder_vs_naive_keepalive": fwd / results["naive_keepalive"]["events_per_second"],
+        "forwarder_vs_consume": fwd / results["consume_ceiling"]["events_per_second"],
+    }
+    if backlog is not None:
+        results["backlog"] = backlog
+    return results

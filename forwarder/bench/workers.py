@@ -1,0 +1,173 @@
+"""The yardsticks the forwarder is measured against, each run as a process of its own.
+
+- `aiohttp`: the raw HTTP ceiling. aiohttp (the fastest Python HTTP client) posts
+  exactly the bodies and headers the forwarder sends, at the same concurrency,
+  to the same sink, and does nothing else: no Kafka, no decoding, no bookkeeping.
+- `consume`: the raw consume ceiling. aiokafka reads the topic and JSON-decodes
+  every value, and does nothing else.
+- `naive`: the forwarder most people write first: one record at a time, decode,
+  `httpx.post`, commit.
+
+Run: `python -m forwarder.bench.workers '{"kind": "...", ...}'`; the result is
+the JSON line printed last. Separate processes keep each yardstick's event loop,
+memory and CPU time its own, as the forwarder's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from forwarder.bench.processes import TOKEN, run_event_loop
+from forwarder.bench.workload import Delivery, deliveries, generate
+from forwarder.decode import CloudEventTypes, decode
+from forwarder.events import AuthEvent
+from forwarder.sink import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
+
+
+async def aiohttp_ceiling(url: str, events: int, seed: int, concurrency: int) -> dict[str, Any]:
+    todo: Iterator[Delivery] = iter(deliveries(list(generate(events, seed))))
+    # The workload is the benchmark's, not the client's: keep the collector from walking
+    # a hundred thousand objects that a real client would never hold.
+    gc.collect()
+    gc.freeze()
+    target = url + TRACK_AUTH_PATH
+    fixed = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Accept": "application/json",
+        "Accept-Encoding": "identity",
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+    failures = 0
+
+    async def post_all(session: aiohttp.ClientSession) -> int:
+        nonlocal failures
+        posted = 0
+        for delivery in todo:
+            headers = {**fixed, "Idempotency-Key": delivery.idempotency_key}
+            async with session.post(target, data=delivery.body, headers=headers) as response:
+                await response.read()
+                failures += response.status != 201
+            posted += 1
+        return posted
+
+    cpu = time.process_time()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        posted = sum(await asyncio.gather(*(post_all(session) for _ in range(concurrency))))
+    return {"posted": posted, "failures": failures, "cpu_seconds": time.process_time() - cpu}
+
+
+async def consume_ceiling(bootstrap: str, topic: str, events: int) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        decoded = 0
+        cpu = time.process_time()
+        started = time.perf_counter()
+        while decoded < events:
+            batch = await consumer.getmany(timeout_ms=100)
+            for messages in batch.values():
+                for message in messages:
+                    orjson.loads(message.value)
+                    decoded += 1
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    finally:
+        await consumer.stop()
+    return {
+        "records": decoded,
+        "seconds": seconds,
+        "events_per_second": decoded / seconds,
+        "cpu_seconds": cpu,
+    }
+
+
+async def naive(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    url: str,
+    events: int,
+    seconds: float,
+    keep_alive: bool,
+    session_timeout_ms: int,
+) -> dict[str, Any]:
+    """One record at a time, for `events` records or `seconds`, whichever ends first
+    (the rate is what is compared, and a slow baseline need not be run for minutes).
+
+    `httpx.post` opens a new client (TLS context, pool and a TCP connection) per
+    call, which is most of its cost; `keep_alive` reuses one `httpx.Client`
+    instead, the first thing anyone fixes, as a stricter baseline."""
+    client = httpx.Client() if keep_alive else None
+    post = client.post if client is not None else httpx.post
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=session_timeout_ms // 12,
+    )
+    await consumer.start()
+    types = CloudEventTypes()
+    sent = 0
+    deadline = time.monotonic() + seconds
+    try:
+        for _ in range(events):
+            if time.monotonic() > deadline:
+                break
+            message = await consumer.getone()
+            event = decode(message.value, tuple(message.headers), types)
+            if isinstance(event, AuthEvent):
+                post(
+                    url + TRACK_AUTH_PATH,
+                    json={"user_id": event.user_id, "action_type": event.action.value},
+                    headers={
+                        "Authorization": f"Bearer {TOKEN}",
+                        "Idempotency-Key": idempotency_key(event.key),
+                        "User-Agent": USER_AGENT,
+                    },
+                ).raise_for_status()
+                sent += 1
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+        if client is not None:
+            client.close()
+    return {"sent": sent}
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments: dict[str, Any] = orjson.loads((argv or sys.argv[1:])[0])
+    kind = arguments.pop("kind")
+    runners: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
+        "aiohttp": aiohttp_ceiling,
+        "consume": consume_ceiling,
+        "naive": naive,
+    }
+    runner = runners[kind]
+    result = run_event_loop(runner(**arguments))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
