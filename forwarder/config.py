@@ -81,6 +81,9 @@ class Settings(BaseModel):
     )
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000, description="group session timeout")
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100, description="group heartbeat interval")
+    kafka_fetch_max_wait_ms: int = Field(
+        500, ge=0, le=30_000, description="longest the broker holds a fetch that has no records"
+    )
     kafka_max_poll_interval_ms: int = Field(
         300_000, ge=1_000, description="longest gap between polls before the group evicts a member"
     )
