@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Coroutine
@@ -87,6 +88,12 @@ def _run(args: argparse.Namespace) -> int:
     configure(settings.log_level, settings.log_format)
     from forwarder.app import StartupError, run_forever
 
+    # What is loaded by now lives as long as the process: keep the collector from walking
+    # it again and again. Sending creates no reference cycles, so the young generation can
+    # be collected less often (the benchmark measured ~15% of CPU in the collector before).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(2_000, 10, 10)
     try:
         run_event_loop(run_forever(settings))
     except StartupError as exc:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prometheus_client import Counter
+
 from forwarder import dead_letters as dl
 from forwarder.backoff import Backoff
 from forwarder.circuit import CircuitBreaker, Halt, HaltState
@@ -27,7 +29,7 @@ from forwarder.congestion import AdaptiveRate
 from forwarder.dead_letters import DeadLetterSink, dead_letter_headers
 from forwarder.decode import CloudEventTypes, decode
 from forwarder.dedupe import DeliveredWindow
-from forwarder.events import TOOLS, AuthEvent, Invalid, SourceRecord
+from forwarder.events import TOOLS, ActionType, AuthEvent, Invalid, SourceRecord
 from forwarder.logs import Throttle, event_fields, get_logger
 from forwarder.metrics import Metrics
 from forwarder.offsets import PartitionOffsets
@@ -126,6 +128,11 @@ class Pipeline:
             max_pause=options.circuit_max_open,
         )
         self._in_flight = 0
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        self._requests_by_code: dict[str, Counter] = {}
+        self._forwarded_by_action = {
+            action: metrics.forwarded.labels(action_type=action.value) for action in ActionType
+        }
         self._sends: set[asyncio.Task[None]] = set()
         self._writes: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -215,7 +222,9 @@ class Pipeline:
 
     def submit(self, record: SourceRecord) -> None:
         partition = (record.topic, record.partition)
-        offsets = self._partitions.setdefault(partition, PartitionOffsets())
+        offsets = self._partitions.get(partition)
+        if offsets is None:
+            offsets = self._partitions[partition] = PartitionOffsets()
         try:
             offsets.track(record.offset)
         except ValueError:
@@ -305,7 +314,6 @@ class Pipeline:
         self.auth.sent()
         self.circuit.halt.sent()
         self._in_flight += 1
-        self._metrics.in_flight.set(self._in_flight)
         task = asyncio.create_task(self._send(job, launch))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
@@ -319,11 +327,14 @@ class Pipeline:
         finally:
             LimiterSet.finish(launch.slots, self._clock())
             self._in_flight -= 1
-            self._metrics.in_flight.set(self._in_flight)
             self._wake.set()
         now = self._clock()
         code = str(outcome.status) if not isinstance(outcome, Retry) else outcome.code
-        self._metrics.sink_requests.labels(code=code).inc()
+        requests = self._requests_by_code.get(code)
+        if requests is None:
+            requests = self._metrics.sink_requests.labels(code=code)
+            self._requests_by_code[code] = requests
+        requests.inc()
         self._metrics.sink_duration.observe(now - launch.sent_at)
         job.attempts += 1
         self._note_health(outcome, launch, now)
@@ -380,7 +391,7 @@ class Pipeline:
 
     def _delivered(self, job: Job, now: float) -> None:
         self._adaptive.on_accepted(now)
-        self._metrics.forwarded.labels(action_type=job.event.action.value).inc()
+        self._forwarded_by_action[job.event.action].inc()
         latency = self._wall() - job.record.timestamp_ms / 1000.0
         self._metrics.delivery_latency.observe(max(0.0, latency))
         self._log.debug("event forwarded", **self._fields(job), attempts=job.attempts)

@@ -116,7 +116,9 @@ class LimiterSet:
         self._limiters = tuple(limiter for limiter in limiters if limiter is not None)
 
     def delay(self, now: float) -> float:
-        return max((limiter.delay(now) for limiter in self._limiters), default=0.0)
+        if not self._limiters:  # no limit configured: asked once per send, so keep it cheap
+            return 0.0
+        return max(limiter.delay(now) for limiter in self._limiters)
 
     def start(self) -> tuple[Slot, ...]:
         return tuple(limiter.start() for limiter in self._limiters)
