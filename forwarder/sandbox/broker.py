@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -86,9 +85,3 @@ class SandboxBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running_broker() -> Iterator[SandboxBroker]:
-    with SandboxBroker() as broker:
-        yield broker
