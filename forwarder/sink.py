@@ -1,7 +1,7 @@
 """The Legiti sink: one `track_auth` call per event, answered as an `Outcome`.
 
 The sink is written against httpx's interface: it builds an `httpx.Request` and
-hands it to an httpx transport (aiohttp-backed by default, see `transport.py`),
+hands it to an httpx transport (pyreqwest-backed by default, see `transport.py`),
 which answers with an `httpx.Response`. It does not go through
 `httpx.AsyncClient`: the client's per-request machinery (URL merging, header
 merging and re-validation, cookies, auth and redirect hooks) is work this sink
@@ -30,7 +30,7 @@ from forwarder.backoff import parse_retry_after
 from forwarder.credentials import TokenSource
 from forwarder.events import AuthEvent
 from forwarder.outcome import Delivered, Outcome, classify, transport_failure
-from forwarder.transport import AiohttpTransport
+from forwarder.transport import ReqwestTransport
 
 TRACK_AUTH_PATH = "/ticketing/v1/auth"
 USER_AGENT = f"legiti-forwarder/{__version__}"
@@ -56,7 +56,7 @@ class LegitiSink:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._token = token
-        self._transport = transport or AiohttpTransport(max_connections)
+        self._transport = transport or ReqwestTransport(max_connections)
         self._url = httpx.URL(base_url.rstrip("/") + TRACK_AUTH_PATH)
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         # Every header a client would add on its own is given here, so no transport has to

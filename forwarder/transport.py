@@ -1,80 +1,115 @@
-"""An httpx transport that runs on aiohttp's connection pool.
+"""An httpx transport that runs on pyreqwest (Rust's reqwest, hyper and rustls).
 
-httpx is the client API the sink is written against; its stock transport
-(httpcore) is the slowest part of a request at high concurrency on a keep-alive
-connection pool. This transport keeps the httpx interface and hands the wire to
-aiohttp, reading the (small) answer whole so no stream object outlives the call.
+httpx is the client API the sink is written against; what runs under it decides
+the cost of every event. httpx's stock transport (httpcore) slows down as
+connections grow; aiohttp is the fastest pure-asyncio client, but its request
+machinery (a task per request body, header multidicts, payload objects, timers)
+was over half of the forwarder's CPU. pyreqwest does the HTTP exchange in Rust,
+on its own thread and without holding the GIL, so the event loop only builds
+the request and reads the answer (see the README's Performance section).
 
-It is on the hot path of every event, so it does per request only what a
-request needs: aiohttp timeout objects are built once per distinct timeout
-setting, the cookie jar is a no-op, and the answer becomes an `httpx.Response`
-over the bytes already read (no content re-encoding, no header re-computation).
+Behaviour an operator relies on is set explicitly rather than left to defaults:
+no redirects are followed (a 3xx is an answer to classify, not to chase), no
+cookies are kept, nothing is decompressed (the sink asks for `identity`), idle
+connections are closed after 30 s, and certificates are verified against the
+system's trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured) plus any CA
+given here. `HTTPS_PROXY` / `NO_PROXY` are honoured, as reqwest does.
+
+The answer is read whole (Legiti's answers are small), so no stream outlives
+the call and `aclose` on the response is never needed.
 """
 
 from __future__ import annotations
 
-import ssl
-from typing import Any
+from datetime import timedelta
 
-import aiohttp
 import httpx
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import (
+    ConnectError,
+    ConnectTimeoutError,
+    PoolTimeoutError,
+    PyreqwestError,
+    ReadTimeoutError,
+    RequestTimeoutError,
+    WriteTimeoutError,
+)
+
+IDLE_CONNECTION_SECONDS = 30.0
+
+_TIMEOUTS: dict[type[PyreqwestError], type[httpx.TimeoutException]] = {
+    ConnectTimeoutError: httpx.ConnectTimeout,
+    ReadTimeoutError: httpx.ReadTimeout,
+    WriteTimeoutError: httpx.WriteTimeout,
+    PoolTimeoutError: httpx.PoolTimeout,
+}
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> None:
+class ReqwestTransport(httpx.AsyncBaseTransport):
+    def __init__(self, max_connections: int, *, extra_ca_pem: bytes | None = None) -> None:
         self._max_connections = max_connections
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[Any, Any], aiohttp.ClientTimeout] = {}
+        self._extra_ca_pem = extra_ca_pem
+        self._client: Client | None = None
+        self._timeouts: dict[float, timedelta] = {}
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, ssl=self._ssl, keepalive_timeout=30
+    def _connected(self) -> Client:
+        """The client is built on first use, inside the running event loop it belongs to."""
+        if self._client is None:
+            builder = (
+                ClientBuilder()
+                .max_connections(self._max_connections)
+                .pool_idle_timeout(timedelta(seconds=IDLE_CONNECTION_SECONDS))
+                .follow_redirects(False)
+                .default_cookie_store(False)
+                .gzip(False)
+                .brotli(False)
+                .zstd(False)
+                .deflate(False)
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+            if self._extra_ca_pem is not None:
+                builder = builder.add_root_certificate_pem(self._extra_ca_pem)
+            self._client = builder.build()
+        return self._client
 
-    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-        timeout = request.extensions.get("timeout", {})
-        key = (timeout.get("read"), timeout.get("connect"))
-        cached = self._timeouts.get(key)
+    def _total(self, seconds: float) -> timedelta:
+        cached = self._timeouts.get(seconds)
         if cached is None:
-            cached = self._timeouts[key] = aiohttp.ClientTimeout(total=key[0], sock_connect=key[1])
+            cached = self._timeouts[seconds] = timedelta(seconds=seconds)
         return cached
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         stream = request.stream
         # An in-memory body (what the sink sends) is taken as it is; anything else is read.
         body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
+        builder = (
+            self._connected()
+            .request(request.method, str(request.url))
+            .headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
+        )
+        if body:
+            builder = builder.body_bytes(body)
+        # reqwest's per-request timeout covers the whole exchange, connecting included.
+        if (read := request.extensions.get("timeout", {}).get("read")) is not None:
+            builder = builder.timeout(self._total(read))
         try:
-            async with self._client().request(
-                request.method,
-                str(request.url),
-                headers=[
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
-                ],
-                data=body or None,
-                allow_redirects=False,
-                timeout=self._timeout(request),
-            ) as response:
-                content = await response.read()
-        except TimeoutError as exc:
-            raise httpx.TimeoutException(str(exc) or "timed out", request=request) from exc
-        except aiohttp.ClientError as exc:
+            response = await builder.build().send()
+            content = bytes(await response.bytes())
+        except RequestTimeoutError as exc:
+            raise _TIMEOUTS.get(type(exc), httpx.TimeoutException)(
+                str(exc) or "timed out", request=request
+            ) from exc
+        except ConnectError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except PyreqwestError as exc:
             raise httpx.TransportError(str(exc) or type(exc).__name__, request=request) from exc
         return httpx.Response(
             status_code=response.status,
-            headers=response.raw_headers,
+            headers=list(response.headers.items()),
             stream=httpx.ByteStream(content),
             request=request,
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

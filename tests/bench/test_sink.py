@@ -3,7 +3,7 @@
 The sink builds `httpx.Request`s by hand and calls the transport directly for speed
 (see `forwarder/sink.py`); these tests pin down that nothing a client would have
 added for it (Host, Content-Length, headers, timeouts, reading error bodies) was
-lost on the way, with the aiohttp transport, with httpx's own transport and with
+lost on the way, with the pyreqwest transport, with httpx's own transport and with
 a mock one.
 """
 

@@ -1,0 +1,154 @@
+"""The pyreqwest-backed httpx transport says on the wire what the sink built, and no more.
+
+A raw asyncio server (plain or TLS from a throw-away CA) records the bytes it
+receives, so these tests see exactly what Legiti would: one Host, one
+Content-Length, no redirect followed, and certificates really verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import trustme
+
+from forwarder.transport import ReqwestTransport
+
+BODY = b'{"user_id":"u-1","action_type":"logout"}'
+
+
+@dataclass
+class RawServer:
+    answer: bytes
+    url: str = ""
+    received: list[bytes] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            self.received.append(head + await reader.readexactly(length))
+            writer.write(self.answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass  # a client that hung up (a refused certificate) sent nothing to record
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def serve(answer: bytes, tls: ssl.SSLContext | None = None) -> AsyncIterator[RawServer]:
+    raw = RawServer(answer)
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    raw.url = f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}/auth"
+    async with server:
+        yield raw
+
+
+@pytest.fixture
+async def created() -> AsyncIterator[RawServer]:
+    answer = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nRetry-After: 3\r\n\r\n{}"
+    async for raw in serve(answer):
+        yield raw
+
+
+@pytest.fixture
+async def tls_server(ca: trustme.CA) -> AsyncIterator[RawServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    async for raw in serve(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", context):
+        yield raw
+
+
+def request(url: str, timeout: float = 2.0) -> httpx.Request:
+    return httpx.Request(
+        "POST",
+        url,
+        headers={"Content-Type": "application/json", "Idempotency-Key": "k-1"},
+        content=BODY,
+        extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+    )
+
+
+async def test_sends_the_request_as_built_and_reads_the_whole_answer(created: RawServer) -> None:
+    transport = ReqwestTransport(4)
+    try:
+        response = await transport.handle_async_request(request(created.url))
+    finally:
+        await transport.aclose()
+    assert response.status_code == 201
+    assert response.headers["retry-after"] == "3"
+    assert isinstance(response.stream, httpx.ByteStream)
+    assert await response.aread() == b"{}"
+    [wire] = created.received
+    head, body = wire.split(b"\r\n\r\n", 1)
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"post /auth http/1.1"
+    assert body == BODY
+    names = [line.split(b":", 1)[0] for line in lines[1:]]
+    assert names.count(b"host") == 1
+    assert names.count(b"content-length") == 1
+    assert b"idempotency-key: k-1" in lines
+
+
+async def test_a_redirect_is_an_answer_not_an_instruction() -> None:
+    answer = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
+    async for raw in serve(answer):
+        transport = ReqwestTransport(4)
+        try:
+            response = await transport.handle_async_request(request(raw.url))
+        finally:
+            await transport.aclose()
+        assert response.status_code == 307
+        assert len(raw.received) == 1
+
+
+async def test_tls_is_verified_against_the_given_ca(ca: trustme.CA, tls_server: RawServer) -> None:
+    transport = ReqwestTransport(4, extra_ca_pem=ca.cert_pem.bytes())
+    try:
+        response = await transport.handle_async_request(request(tls_server.url))
+    finally:
+        await transport.aclose()
+    assert response.status_code == 201
+    assert len(tls_server.received) == 1
+
+
+async def test_an_untrusted_certificate_is_refused(tls_server: RawServer) -> None:
+    transport = ReqwestTransport(4)
+    try:
+        with pytest.raises(httpx.TransportError):
+            await transport.handle_async_request(request(tls_server.url))
+    finally:
+        await transport.aclose()
+    assert tls_server.received == []
+
+
+async def test_no_answer_in_time_is_a_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = ReqwestTransport(4)
+    async with server:
+        try:
+            with pytest.raises(httpx.TimeoutException):
+                await transport.handle_async_request(
+                    request(f"http://127.0.0.1:{port}/auth", timeout=0.2)
+                )
+        finally:
+            await transport.aclose()
