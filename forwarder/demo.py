@@ -16,8 +16,6 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from forwarder.app import Forwarder
 from forwarder.config import load_settings
@@ -25,6 +23,7 @@ from forwarder.dead_letters import REASONS
 from forwarder.events import ActionType
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
 from forwarder.sandbox.legiti import Faults, LegitiStub
+from forwarder.sandbox.topics import Outgoing, create_topic, produce
 
 TOPIC = "auth-events"
 PARTITIONS = 4
@@ -109,24 +108,11 @@ def _event(rng: random.Random, index: int, user: str, action: ActionType) -> Mes
 
 
 async def _publish(bootstrap: str, plan: Plan) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=1)]
-        )
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
-    await producer.start()
-    try:
-        futures = []
-        for value, headers in plan.messages:
-            key = _user_key(value, headers)
-            futures.append(await producer.send(TOPIC, value=value, key=key, headers=headers))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await create_topic(bootstrap, TOPIC, PARTITIONS)
+    records = (
+        Outgoing(value, _user_key(value, headers), headers) for value, headers in plan.messages
+    )
+    await produce(bootstrap, TOPIC, records, linger_ms=10)
 
 
 def _user_key(value: bytes | None, headers: list[tuple[str, bytes]]) -> bytes | None:

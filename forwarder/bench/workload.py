@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from forwarder.decode import cloudevent_key
 from forwarder.sink import idempotency_key
@@ -165,15 +164,6 @@ def deliveries(records: list[BenchRecord]) -> list[Delivery]:
         for r in records
         if not r.duplicate
     ]
-
-
-async def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 def _producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from forwarder.app import Forwarder
 from forwarder.config import Settings, load_settings
+from forwarder.sandbox.topics import Outgoing
+from forwarder.sandbox.topics import create_topic as create_topic
+from forwarder.sandbox.topics import produce as produce_records
 
 TOKEN = "test-token"
 _counter = itertools.count()
@@ -23,16 +25,6 @@ _counter = itertools.count()
 
 def unique(prefix: str = "auth") -> str:
     return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
-
-
-async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-    return name
 
 
 def native(
@@ -55,20 +47,11 @@ async def produce(
     partition: int | None = None,
     key: bytes | None = None,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = []
-        for item in values:
-            value, headers = item if isinstance(item, tuple) else (item, ())
-            futures.append(
-                await producer.send(
-                    topic, value=value, key=key, headers=list(headers), partition=partition
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    def outgoing(item: Message) -> Outgoing:
+        value, headers = item if isinstance(item, tuple) else (item, ())
+        return Outgoing(value, key, headers, partition)
+
+    await produce_records(bootstrap, topic, map(outgoing, values))
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, within: float = 15.0) -> list[Any]:
