@@ -51,6 +51,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         self._extra_ca_pem = extra_ca_pem
         self._client: Client | None = None
         self._timeouts: dict[float, timedelta] = {}
+        self._last_url: tuple[httpx.URL, str] | None = None
 
     def _connected(self) -> Client:
         """The client is built on first use, inside the running event loop it belongs to."""
@@ -71,6 +72,13 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
             self._client = builder.build()
         return self._client
 
+    def _url_text(self, url: httpx.URL) -> str:
+        """The sink sends every event to the same `httpx.URL` object: render it once."""
+        last = self._last_url
+        if last is None or last[0] is not url:
+            last = self._last_url = (url, str(url))
+        return last[1]
+
     def _total(self, seconds: float) -> timedelta:
         cached = self._timeouts.get(seconds)
         if cached is None:
@@ -83,8 +91,8 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
         builder = (
             self._connected()
-            .request(request.method, str(request.url))
-            .headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
+            .request(request.method, self._url_text(request.url))
+            .headers(request.headers.multi_items())
         )
         if body:
             builder = builder.body_bytes(body)
