@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prometheus_client import Counter
-
 from forwarder import dead_letters as dl
 from forwarder.backoff import Backoff
 from forwarder.circuit import CircuitBreaker, Halt, HaltState
@@ -31,7 +29,7 @@ from forwarder.decode import CloudEventTypes, decode
 from forwarder.dedupe import DeliveredWindow
 from forwarder.events import TOOLS, ActionType, AuthEvent, Invalid, SourceRecord
 from forwarder.logs import Throttle, event_fields, get_logger
-from forwarder.metrics import Metrics
+from forwarder.metrics import Metrics, Tally
 from forwarder.offsets import PartitionOffsets
 from forwarder.ordering import Job, Partition, Scheduler
 from forwarder.outcome import Delivered, Outcome, Rejected, Retry, Unauthorized, transport_failure
@@ -129,7 +127,7 @@ class Pipeline:
         )
         self._in_flight = 0
         metrics.in_flight.set_function(lambda: self._in_flight)
-        self._requests_by_code: dict[str, Counter] = {}
+        self._requests_by_code: dict[str, Tally] = {}
         self._forwarded_by_action = {
             action: metrics.forwarded.labels(action_type=action.value) for action in ActionType
         }
