@@ -8,9 +8,13 @@ Content-Length, no redirect followed, and certificates really verified.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,9 +35,12 @@ class RawServer:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
             )
             self.received.append(head + await reader.readexactly(length))
             writer.write(self.answer)
@@ -152,3 +159,38 @@ async def test_no_answer_in_time_is_a_timeout() -> None:
                 )
         finally:
             await transport.aclose()
+
+
+async def test_ssl_cert_file_names_the_trust_store(
+    ca: trustme.CA, tls_server: RawServer, tmp_path: Path
+) -> None:
+    """Operators point SSL_CERT_FILE at their CA bundle; it is read when the client is built,
+    so each case runs in a fresh interpreter."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca.cert_pem.bytes())
+    script = (
+        "import asyncio, httpx\n"
+        "from forwarder.transport import ReqwestTransport\n"
+        "async def main():\n"
+        "    transport = ReqwestTransport(1)\n"
+        "    try:\n"
+        f"        request = httpx.Request('GET', {tls_server.url!r})\n"
+        "        response = await transport.handle_async_request(request)\n"
+        "        print(response.status_code)\n"
+        "    except httpx.TransportError:\n"
+        "        print('refused')\n"
+        "    finally:\n"
+        "        await transport.aclose()\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def run(extra: dict[str, str]) -> str:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("SSL_CERT_")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, env={**environment, **extra}, stdout=subprocess.PIPE
+        )
+        output, _ = await process.communicate()
+        return output.decode().strip()
+
+    assert await run({}) == "refused"
+    assert await run({"SSL_CERT_FILE": str(bundle)}) == "201"
