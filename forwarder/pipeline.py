@@ -325,28 +325,7 @@ class Pipeline:
         finally:
             LimiterSet.finish(launch.slots, self._clock())
             self._in_flight -= 1
-        try:
-            self._settle(job, launch, outcome)
-        finally:
-            self._refill()
-
-    def _refill(self) -> None:
-        """Fill the slot an answer freed at once, from the completing task.
-
-        Waking the dispatcher task instead costs a turn of the event loop per
-        event; this is the same synchronous decision, so still nothing races for
-        a permit. Timed waits (limits, retries) stay with the dispatcher task."""
-        if not self._dispatching:
-            return
-        try:
-            wait = self._dispatch_ready()
-        except Exception:
-            self._log.exception("dispatcher error; continuing")
-            wait = 0.0
-        if wait != float("inf"):
             self._wake.set()
-
-    def _settle(self, job: Job, launch: _Launch, outcome: Outcome) -> None:
         now = self._clock()
         code = str(outcome.status) if not isinstance(outcome, Retry) else outcome.code
         requests = self._requests_by_code.get(code)
