@@ -12,8 +12,8 @@ Behaviour an operator relies on is set explicitly rather than left to defaults:
 no redirects are followed (a 3xx is an answer to classify, not to chase), no
 cookies are kept, nothing is decompressed (the sink asks for `identity`), idle
 connections are closed after 30 s, and certificates are verified against the
-system's trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured) plus any CA
-given here. `HTTPS_PROXY` / `NO_PROXY` are honoured, as reqwest does.
+system's trust store, or the one `SSL_CERT_FILE` / `SSL_CERT_DIR` name (how a
+private CA is trusted). `HTTPS_PROXY` / `NO_PROXY` are honoured, as reqwest does.
 
 The answer is read whole (Legiti's answers are small), so no stream outlives
 the call and `aclose` on the response is never needed.
@@ -46,9 +46,8 @@ _TIMEOUTS: dict[type[PyreqwestError], type[httpx.TimeoutException]] = {
 
 
 class ReqwestTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int, *, extra_ca_pem: bytes | None = None) -> None:
+    def __init__(self, max_connections: int) -> None:
         self._max_connections = max_connections
-        self._extra_ca_pem = extra_ca_pem
         self._client: Client | None = None
         self._timeouts: dict[float, timedelta] = {}
         self._last_url: tuple[httpx.URL, str] | None = None
@@ -56,7 +55,7 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
     def _connected(self) -> Client:
         """The client is built on first use, inside the running event loop it belongs to."""
         if self._client is None:
-            builder = (
+            self._client = (
                 ClientBuilder()
                 .max_connections(self._max_connections)
                 .pool_idle_timeout(timedelta(seconds=IDLE_CONNECTION_SECONDS))
@@ -66,10 +65,8 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
                 .brotli(False)
                 .zstd(False)
                 .deflate(False)
+                .build()
             )
-            if self._extra_ca_pem is not None:
-                builder = builder.add_root_certificate_pem(self._extra_ca_pem)
-            self._client = builder.build()
         return self._client
 
     def _url_text(self, url: httpx.URL) -> str:

@@ -123,16 +123,6 @@ async def test_a_redirect_is_an_answer_not_an_instruction() -> None:
         assert len(raw.received) == 1
 
 
-async def test_tls_is_verified_against_the_given_ca(ca: trustme.CA, tls_server: RawServer) -> None:
-    transport = ReqwestTransport(4, extra_ca_pem=ca.cert_pem.bytes())
-    try:
-        response = await transport.handle_async_request(request(tls_server.url))
-    finally:
-        await transport.aclose()
-    assert response.status_code == 201
-    assert len(tls_server.received) == 1
-
-
 async def test_an_untrusted_certificate_is_refused(tls_server: RawServer) -> None:
     transport = ReqwestTransport(4)
     try:
