@@ -80,6 +80,20 @@ async def tls_server(ca: trustme.CA) -> AsyncIterator[RawServer]:
         yield raw
 
 
+@pytest.fixture
+async def transport() -> AsyncIterator[ReqwestTransport]:
+    client = ReqwestTransport(4)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redirecting() -> AsyncIterator[RawServer]:
+    answer = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
+    async for raw in serve(answer):
+        yield raw
+
+
 def request(url: str, timeout: float = 2.0) -> httpx.Request:
     return httpx.Request(
         "POST",
@@ -90,12 +104,10 @@ def request(url: str, timeout: float = 2.0) -> httpx.Request:
     )
 
 
-async def test_sends_the_request_as_built_and_reads_the_whole_answer(created: RawServer) -> None:
-    transport = ReqwestTransport(4)
-    try:
-        response = await transport.handle_async_request(request(created.url))
-    finally:
-        await transport.aclose()
+async def test_sends_the_request_as_built_and_reads_the_whole_answer(
+    created: RawServer, transport: ReqwestTransport
+) -> None:
+    response = await transport.handle_async_request(request(created.url))
     assert response.status_code == 201
     assert response.headers["retry-after"] == "3"
     assert isinstance(response.stream, httpx.ByteStream)
@@ -111,44 +123,34 @@ async def test_sends_the_request_as_built_and_reads_the_whole_answer(created: Ra
     assert b"idempotency-key: k-1" in lines
 
 
-async def test_a_redirect_is_an_answer_not_an_instruction() -> None:
-    answer = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
-    async for raw in serve(answer):
-        transport = ReqwestTransport(4)
-        try:
-            response = await transport.handle_async_request(request(raw.url))
-        finally:
-            await transport.aclose()
-        assert response.status_code == 307
-        assert len(raw.received) == 1
+async def test_a_redirect_is_an_answer_not_an_instruction(
+    redirecting: RawServer, transport: ReqwestTransport
+) -> None:
+    response = await transport.handle_async_request(request(redirecting.url))
+    assert response.status_code == 307
+    assert len(redirecting.received) == 1
 
 
-async def test_an_untrusted_certificate_is_refused(tls_server: RawServer) -> None:
-    transport = ReqwestTransport(4)
-    try:
-        with pytest.raises(httpx.TransportError):
-            await transport.handle_async_request(request(tls_server.url))
-    finally:
-        await transport.aclose()
+async def test_an_untrusted_certificate_is_refused(
+    tls_server: RawServer, transport: ReqwestTransport
+) -> None:
+    with pytest.raises(httpx.TransportError):
+        await transport.handle_async_request(request(tls_server.url))
     assert tls_server.received == []
 
 
-async def test_no_answer_in_time_is_a_timeout() -> None:
+async def test_no_answer_in_time_is_a_timeout(transport: ReqwestTransport) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    transport = ReqwestTransport(4)
     async with server:
-        try:
-            with pytest.raises(httpx.TimeoutException):
-                await transport.handle_async_request(
-                    request(f"http://127.0.0.1:{port}/auth", timeout=0.2)
-                )
-        finally:
-            await transport.aclose()
+        with pytest.raises(httpx.TimeoutException):
+            await transport.handle_async_request(
+                request(f"http://127.0.0.1:{port}/auth", timeout=0.2)
+            )
 
 
 async def test_ssl_cert_file_names_the_trust_store(
