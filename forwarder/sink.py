@@ -93,6 +93,9 @@ class LegitiSink:
             stream=httpx.ByteStream(body),
             extensions=self._extensions,
         )
+        # httpx copies the URL into every Request; giving the transport back the sink's own
+        # object lets it reuse the text it rendered for the first event.
+        request.url = self._url
         try:
             response = await self._transport.handle_async_request(request)
             try:

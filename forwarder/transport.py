@@ -86,10 +86,12 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         stream = request.stream
         # An in-memory body (what the sink sends) is taken as it is; anything else is read.
         body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
+        headers = request.headers
+        encoding = headers.encoding  # worked out once per request, not once per header
         builder = (
             self._connected()
             .request(request.method, self._url_text(request.url))
-            .headers(request.headers.multi_items())
+            .headers([(key.decode(encoding), value.decode(encoding)) for key, value in headers.raw])
         )
         if body:
             builder = builder.body_bytes(body)
