@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -392,7 +393,8 @@ class Pipeline:
         self._forwarded_by_action[job.event.action].inc()
         latency = self._wall() - job.record.timestamp_ms / 1000.0
         self._metrics.delivery_latency.observe(max(0.0, latency))
-        self._log.debug("event forwarded", **self._fields(job), attempts=job.attempts)
+        if self._log.is_enabled_for(logging.DEBUG):  # the fields cost more than the no-op call
+            self._log.debug("event forwarded", **self._fields(job), attempts=job.attempts)
         duplicates = self._scheduler.complete(job, delivered=True, now=now)
         self._finish(job.record, job.offsets, job.cancelled)
         for duplicate in duplicates:
@@ -468,7 +470,8 @@ class Pipeline:
 
     def _finish_duplicate(self, job: Job) -> None:
         self._metrics.duplicates.inc()
-        self._log.debug("duplicate event not sent again", **self._fields(job))
+        if self._log.is_enabled_for(logging.DEBUG):
+            self._log.debug("duplicate event not sent again", **self._fields(job))
         self._finish(job.record, job.offsets, job.cancelled)
 
     def _finish(self, record: SourceRecord, offsets: PartitionOffsets, cancelled: bool) -> None:
