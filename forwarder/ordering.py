@@ -66,11 +66,14 @@ class Scheduler:
     def admit(self, job: Job, now: float) -> list[Job]:
         """Queue a job behind its user's earlier events; returns jobs finished as duplicates."""
         job.seq = next(self._sequence)
-        lane = self._lanes.setdefault(job.lane, deque())
+        lane_key = job.lane
+        lane = self._lanes.get(lane_key)
+        if lane is None:
+            lane = self._lanes[lane_key] = deque()
         lane.append(job)
         duplicates: list[Job] = []
         if len(lane) == 1:
-            self._activate(job.lane, now, duplicates)
+            self._activate(lane_key, now, duplicates)
         return duplicates
 
     def complete(self, job: Job, *, delivered: bool, now: float) -> list[Job]:

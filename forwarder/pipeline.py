@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from forwarder import dead_letters as dl
 from forwarder.backoff import Backoff
@@ -66,8 +66,7 @@ class PipelineOptions:
     circuit_max_open: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Launch:
+class _Launch(NamedTuple):  # one per send: a named tuple is the cheapest immutable record
     sent_at: float
     probes_auth: bool
     probes_circuit: bool
@@ -288,7 +287,8 @@ class Pipeline:
             gate = max(self.auth.delay(now), self.circuit.halt.delay(now), self._not_before - now)
             if gate > 0:
                 return max(min(wait, gate), 0.001)
-            for _, tool, job in sorted(candidates, key=lambda candidate: candidate[0]):
+            candidates.sort()  # oldest first; sequence numbers are unique, so jobs never compare
+            for _, tool, job in candidates:
                 limit = max(self._limits[tool].delay(now), self._adaptive.delay(now))
                 if limit <= 0:
                     self._launch(self._scheduler.take(tool), tool, now)

@@ -121,6 +121,8 @@ class LimiterSet:
         return max(limiter.delay(now) for limiter in self._limiters)
 
     def start(self) -> tuple[Slot, ...]:
+        if not self._limiters:  # the common case, once per send
+            return ()
         return tuple(limiter.start() for limiter in self._limiters)
 
     def record(self, now: float) -> None:

@@ -80,7 +80,8 @@ class LegitiSink:
         return self._authorization
 
     async def send(self, event: AuthEvent) -> Outcome:
-        body = orjson.dumps({"user_id": event.user_id, "action_type": event.action.value})
+        # orjson writes an enum as its value, faster than reading `.value` here.
+        body = orjson.dumps({"user_id": event.user_id, "action_type": event.action})
         request = httpx.Request(
             "POST",
             self._url,
