@@ -2,7 +2,7 @@
 
     submit(record) → decode → policy → Scheduler (per-user lanes, dedupe)
         → dispatcher: gates (credentials, circuit, Retry-After) → in-flight bound
-          → rate limits (configured and learned) → send task → Outcome
+          → rate limits (configured and learned) → an idle sender → Outcome
         → delivered / retried later / dead-lettered → offsets finished
 
 Decisions are made by the pure pieces it holds (`Scheduler`, limiters, `Halt`,
@@ -131,7 +131,8 @@ class Pipeline:
         self._forwarded_by_action = {
             action: metrics.forwarded.labels(action_type=action.value) for action in ActionType
         }
-        self._sends: set[asyncio.Task[None]] = set()
+        self._senders: list[asyncio.Task[None]] = []
+        self._idle: list[asyncio.Future[tuple[Job, _Launch] | None]] = []
         self._writes: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._dispatching = False
@@ -148,6 +149,10 @@ class Pipeline:
 
     def start(self) -> None:
         self._dispatching = True
+        self._senders = [
+            asyncio.create_task(self._sender_loop(), name=f"sender-{number}")
+            for number in range(self.options.max_in_flight)
+        ]
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatcher")
 
     async def drain(self, grace: float) -> bool:
@@ -157,7 +162,10 @@ class Pipeline:
         self._wake.set()
         if self._dispatcher is not None:
             await self._dispatcher
-        pending = self._sends | self._writes
+        for handoff in self._idle:
+            handoff.set_result(None)
+        self._idle.clear()
+        pending = {sender for sender in self._senders if not sender.done()} | self._writes
         if not pending:
             return True
         _, unfinished = await asyncio.wait(pending, timeout=grace)
@@ -282,7 +290,7 @@ class Pipeline:
                     candidates.append((job.seq, tool, job))
                 elif (due := self._scheduler.next_due(tool)) is not None:
                     wait = min(wait, due - now)
-            if not candidates or self._in_flight >= self.options.max_in_flight:
+            if not candidates or not self._idle:  # every sender busy: max_in_flight reached
                 return max(wait, 0.001)
             gate = max(self.auth.delay(now), self.circuit.halt.delay(now), self._not_before - now)
             if gate > 0:
@@ -313,9 +321,26 @@ class Pipeline:
         self.auth.sent()
         self.circuit.halt.sent()
         self._in_flight += 1
-        task = asyncio.create_task(self._send(job, launch))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        self._idle.pop().set_result((job, launch))
+
+    async def _sender_loop(self) -> None:
+        """One of `max_in_flight` long-lived senders, each handed one job at a time.
+
+        A task per send cost the event-loop thread more than the send's own
+        bookkeeping (creating and registering the task, its done callback). A sender
+        is back in `_idle` before the dispatcher next runs: between the end of
+        `_send` and the next `await` nothing yields."""
+        loop = asyncio.get_running_loop()
+        while self._dispatching:
+            handoff: asyncio.Future[tuple[Job, _Launch] | None] = loop.create_future()
+            self._idle.append(handoff)
+            work = await handoff
+            if work is None:  # draining
+                return
+            try:
+                await self._send(*work)
+            except Exception:  # a bug must not take a sender away for good
+                self._log.exception("sender error; continuing")
 
     async def _send(self, job: Job, launch: _Launch) -> None:
         try:

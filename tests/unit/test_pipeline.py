@@ -7,9 +7,11 @@ import asyncio
 import time
 
 import orjson
+import pytest
 
 from forwarder.events import AuthEvent, SourceRecord
 from forwarder.metrics import Metrics
+from forwarder.ordering import Job
 from forwarder.outcome import Delivered, Outcome, Unauthorized
 from forwarder.pipeline import Pipeline, PipelineOptions
 from forwarder.policy import parse_policy
@@ -79,4 +81,67 @@ async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() ->
     # Only the sends already under way when the first 401 came back, then single probes.
     assert sent_while_open <= PipelineOptions().max_in_flight
     assert {event.key for _, event in sender.sent} >= {f"e{i}" for i in range(20)}
+    assert await pipeline.drain(1.0)
+
+
+class HeldSender:
+    """Answers only once released, so a test can hold sends in flight."""
+
+    def __init__(self) -> None:
+        self.sent: list[AuthEvent] = []
+        self.release = asyncio.Event()
+
+    async def send(self, event: AuthEvent) -> Outcome:
+        self.sent.append(event)
+        await self.release.wait()
+        return Delivered(201)
+
+
+async def test_sends_never_exceed_max_in_flight_and_every_one_finishes() -> None:
+    sender = HeldSender()
+    pipeline = Pipeline(PipelineOptions(max_in_flight=3), sender, DeadLetters(), Metrics())
+    pipeline.start()
+    for offset in range(10):
+        pipeline.submit(record(offset))
+    await eventually(lambda: len(sender.sent) == 3)
+    for _ in range(20):  # let every task run: a fourth send would start now
+        await asyncio.sleep(0)
+    assert (len(sender.sent), pipeline.in_flight) == (3, 3)
+    sender.release.set()
+    await eventually(lambda: pipeline.committable() == {("t", 0): 10})
+    assert sorted(event.key for event in sender.sent) == sorted(f"e{i}" for i in range(10))
+    assert await pipeline.drain(1.0)
+
+
+async def test_drain_cancels_sends_that_outlast_the_grace_and_commits_none_of_them() -> None:
+    sender = HeldSender()
+    pipeline = Pipeline(PipelineOptions(max_in_flight=2), sender, DeadLetters(), Metrics())
+    pipeline.start()
+    for offset in range(5):
+        pipeline.submit(record(offset))
+    await eventually(lambda: len(sender.sent) == 2)
+    assert not await pipeline.drain(0.05)
+    assert pipeline.committable() == {}
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    assert all(task.done() for task in others), others
+
+
+async def test_a_bug_after_an_answer_takes_no_sending_capacity_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender = Sender()
+    pipeline = Pipeline(PipelineOptions(max_in_flight=2), sender, DeadLetters(), Metrics())
+    delivered = pipeline._delivered
+    crashes = iter([True, True])  # as many as there are senders
+
+    def buggy(job: Job, now: float) -> None:
+        if next(crashes, False):
+            raise RuntimeError("a bug in the bookkeeping")
+        delivered(job, now)
+
+    monkeypatch.setattr(pipeline, "_delivered", buggy)
+    pipeline.start()
+    for offset in range(6):
+        pipeline.submit(record(offset))
+    await eventually(lambda: len(sender.sent) == 6)
     assert await pipeline.drain(1.0)
