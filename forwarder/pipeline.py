@@ -163,7 +163,8 @@ class Pipeline:
         if self._dispatcher is not None:
             await self._dispatcher
         for handoff in self._idle:
-            handoff.set_result(None)
+            if not handoff.done():
+                handoff.set_result(None)
         self._idle.clear()
         pending = {sender for sender in self._senders if not sender.done()} | self._writes
         if not pending:
@@ -290,7 +291,7 @@ class Pipeline:
                     candidates.append((job.seq, tool, job))
                 elif (due := self._scheduler.next_due(tool)) is not None:
                     wait = min(wait, due - now)
-            if not candidates or not self._idle:  # every sender busy: max_in_flight reached
+            if not candidates or not self._sender_ready():
                 return max(wait, 0.001)
             gate = max(self.auth.delay(now), self.circuit.halt.delay(now), self._not_before - now)
             if gate > 0:
@@ -307,6 +308,16 @@ class Pipeline:
             else:
                 return max(wait, 0.001)
         return float("inf")
+
+    def _sender_ready(self) -> bool:
+        """Whether a sender waits for a job; none does when max_in_flight are under way.
+
+        A sender task cancelled from outside while it waited leaves a cancelled
+        hand-off behind: it is dropped here, before any job is taken for it."""
+        idle = self._idle
+        while idle and idle[-1].done():
+            idle.pop()
+        return bool(idle)
 
     def _launch(self, job: Job, tool: str, now: float) -> None:
         slots = self._limits[tool].start()
@@ -348,6 +359,12 @@ class Pipeline:
         except Exception as exc:  # a bug must cost a retry, never a lost event
             outcome = transport_failure("error", f"unexpected {exc!r}")
             self._log.exception("unexpected error while sending", **self._fields(job))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # this sender is being stopped
+                raise
+            # A client cancelled its own work: the event is retried like any failed send.
+            outcome = transport_failure("error", "the send was cancelled inside the client")
         finally:
             LimiterSet.finish(launch.slots, self._clock())
             self._in_flight -= 1

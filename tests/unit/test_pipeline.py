@@ -122,6 +122,7 @@ async def test_drain_cancels_sends_that_outlast_the_grace_and_commits_none_of_th
     await eventually(lambda: len(sender.sent) == 2)
     assert not await pipeline.drain(0.05)
     assert pipeline.committable() == {}
+    assert pipeline.in_flight == 0
     others = asyncio.all_tasks() - {asyncio.current_task()}
     assert all(task.done() for task in others), others
 
@@ -144,4 +145,45 @@ async def test_a_bug_after_an_answer_takes_no_sending_capacity_away(
     for offset in range(6):
         pipeline.submit(record(offset))
     await eventually(lambda: len(sender.sent) == 6)
+    assert await pipeline.drain(1.0)
+
+
+async def test_a_sender_cancelled_while_idle_costs_no_event() -> None:
+    sender = Sender()
+    pipeline = Pipeline(PipelineOptions(max_in_flight=2), sender, DeadLetters(), Metrics())
+    pipeline.start()
+    await asyncio.sleep(0)  # the senders reach their first wait
+    pipeline._senders[-1].cancel()  # e.g. shutdown code cancelling every task
+    await asyncio.sleep(0)
+    for offset in range(5):
+        pipeline.submit(record(offset))
+    await eventually(lambda: pipeline.committable() == {("t", 0): 5})
+    assert [event.key for _, event in sender.sent] == [f"e{i}" for i in range(5)]
+    assert await pipeline.drain(1.0)
+
+
+class CancellingClient(Sender):
+    """A client that cancels its own work once, as a library might on an internal timeout."""
+
+    async def send(self, event: AuthEvent) -> Outcome:
+        first = not self.sent
+        outcome = await super().send(event)
+        if first:
+            raise asyncio.CancelledError
+        return outcome
+
+
+async def test_a_cancellation_from_inside_the_client_is_retried_not_lost() -> None:
+    sender = CancellingClient()
+    pipeline = Pipeline(
+        PipelineOptions(max_in_flight=1, retry_initial_backoff=0.01),
+        sender,
+        DeadLetters(),
+        Metrics(),
+    )
+    pipeline.start()
+    pipeline.submit(record(0))
+    pipeline.submit(record(1))
+    await eventually(lambda: pipeline.committable() == {("t", 0): 2})
+    assert sorted(event.key for _, event in sender.sent) == ["e0", "e0", "e1"]
     assert await pipeline.drain(1.0)
