@@ -166,15 +166,19 @@ class Pipeline:
             if not handoff.done():
                 handoff.set_result(None)
         self._idle.clear()
-        pending = {sender for sender in self._senders if not sender.done()} | self._writes
-        if not pending:
-            return True
-        _, unfinished = await asyncio.wait(pending, timeout=grace)
-        for task in unfinished:
-            task.cancel()
-        if unfinished:
-            await asyncio.wait(unfinished)
-        return not unfinished
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # An answer that comes in meanwhile may start a dead-letter write: wait for it too.
+        while pending := {task for task in (*self._senders, *self._writes) if not task.done()}:
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                await asyncio.wait(pending, timeout=remaining)
+                continue
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+            return False
+        return True
 
     # Partitions and offsets ------------------------------------------------------
 

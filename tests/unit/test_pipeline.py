@@ -12,7 +12,7 @@ import pytest
 from forwarder.events import AuthEvent, SourceRecord
 from forwarder.metrics import Metrics
 from forwarder.ordering import Job
-from forwarder.outcome import Delivered, Outcome, Unauthorized
+from forwarder.outcome import Delivered, Outcome, Rejected, Unauthorized
 from forwarder.pipeline import Pipeline, PipelineOptions
 from forwarder.policy import parse_policy
 from tests.conftest import eventually
@@ -84,17 +84,21 @@ async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() ->
     assert await pipeline.drain(1.0)
 
 
+DELIVERED = Delivered(201)
+
+
 class HeldSender:
     """Answers only once released, so a test can hold sends in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Outcome = DELIVERED) -> None:
         self.sent: list[AuthEvent] = []
         self.release = asyncio.Event()
+        self.answer = answer
 
     async def send(self, event: AuthEvent) -> Outcome:
         self.sent.append(event)
         await self.release.wait()
-        return Delivered(201)
+        return self.answer
 
 
 async def test_sends_never_exceed_max_in_flight_and_every_one_finishes() -> None:
@@ -187,3 +191,28 @@ async def test_a_cancellation_from_inside_the_client_is_retried_not_lost() -> No
     await eventually(lambda: pipeline.committable() == {("t", 0): 2})
     assert sorted(event.key for _, event in sender.sent) == ["e0", "e0", "e1"]
     assert await pipeline.drain(1.0)
+
+
+class SlowDeadLetters(DeadLetters):
+    """A write that takes a few turns of the event loop, as a produce to Kafka does."""
+
+    async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+        await super().write(record, headers)
+
+
+async def test_drain_waits_for_the_dead_letter_an_answer_during_the_drain_starts() -> None:
+    sender = HeldSender(Rejected(400, b'{"error_message": "bad"}'))
+    dead = SlowDeadLetters()
+    pipeline = Pipeline(PipelineOptions(), sender, dead, Metrics())
+    pipeline.start()
+    pipeline.submit(record(0))
+    await eventually(lambda: len(sender.sent) == 1)
+    draining = asyncio.create_task(pipeline.drain(5.0))
+    for _ in range(5):  # the drain stops the dispatcher and waits for the send in flight
+        await asyncio.sleep(0)
+    sender.release.set()
+    assert await draining
+    assert [written.offset for written, _ in dead.written] == [0]
+    assert pipeline.committable() == {("t", 0): 1}
