@@ -255,6 +255,25 @@ class ForwarderProcess:
         return self.child.stop()
 
 
+def _worker_argv(module: str, arguments: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", module, orjson.dumps(arguments).decode()]
+
+
+def worker_child(log_dir: Path, name: str, module: str, arguments: dict[str, Any]) -> Child:
+    """A worker that runs until stopped rather than to completion."""
+    return Child(name, _worker_argv(module, arguments), log_dir, clean_environment())
+
+
+async def wait_line(child: Child, line: str, within: float = 30.0) -> None:
+    """Wait until the child has printed `line` (flushed), failing early if it dies."""
+    deadline = time.monotonic() + within
+    while line not in child.output().splitlines():
+        child.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} did not print {line!r} within {within}s")
+        await asyncio.sleep(0.02)
+
+
 async def run_worker(
     log_dir: Path, name: str, module: str, arguments: dict[str, Any]
 ) -> dict[str, Any]:
@@ -262,10 +281,7 @@ async def run_worker(
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            module,
-            orjson.dumps(arguments).decode(),
+            *_worker_argv(module, arguments),
             env=clean_environment(),
             stdout=subprocess.PIPE,
             stderr=log,

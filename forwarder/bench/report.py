@@ -60,7 +60,7 @@ def _row(name: str, value: str, note: str = "") -> str:
 def table(results: dict[str, Any]) -> str:
     machine, workload = results["machine"], results["workload"]
     fwd = results["forwarder"]
-    latency = results["latency"]
+    latency, relay = results["latency"], results["relay_latency"]
     ratios = results["ratios"]
     lines = [
         f"forwarder benchmark: {workload['events']:,} records ({workload['deliveries']:,} to "
@@ -102,9 +102,14 @@ def table(results: dict[str, Any]) -> str:
             f"p99 {latency['p99_ms']:.1f} ms (max {latency['max_ms']:.0f} ms)",
         ),
         _row(
+            "  reference: aiokafka + aiohttp relay",
+            f"p50 {relay['p50_ms']:.1f} ms",
+            f"p99 {relay['p99_ms']:.1f} ms (max {relay['max_ms']:.0f} ms)",
+        ),
+        _row(
             "  broker fetch wait; forwarder waiting for a CPU",
             f"{workload['fetch_max_wait_ms']} ms",
-            f"{_median_of(latency, 'forwarder_runqueue_wait_share'):.0%} of the time",
+            f"{_median_of(latency, 'runqueue_wait_share'):.0%} of the time",
         ),
         _row("forwarder peak RSS", f"{fwd['peak_rss_mb']:.1f} MB"),
         _row("forwarder CPU per 1,000 records", f"{fwd['cpu_seconds_per_1000_events']:.3f} s"),

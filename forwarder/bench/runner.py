@@ -8,6 +8,7 @@ the ratios stay honest. Every number is the median of `runs` runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import platform
@@ -15,6 +16,8 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +29,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from forwarder import __version__
 from forwarder.bench.processes import (
     BenchError,
+    Child,
     ForwarderProcess,
     SinkProcess,
     delivery_rate,
     rss_mb,
     run_worker,
     runqueue_wait_seconds,
+    wait_line,
+    worker_child,
 )
+from forwarder.bench.workers import READY
 from forwarder.bench.workload import (
     DUPLICATE_FRACTION,
     PARTITIONS,
@@ -47,6 +54,8 @@ from forwarder.sandbox.topics import create_topic
 from forwarder.sink import idempotency_key
 
 SEED = 4
+Reading = Callable[[str, str, str], AbstractAsyncContextManager[Child]]
+"""Starts a reader of a topic that posts to a sink URL, and hands it over once it is ready."""
 MAX_IN_FLIGHT = 64
 FETCH_MAX_WAIT_MS = 10
 
@@ -252,44 +261,82 @@ class Bench:
     # Latency ---------------------------------------------------------------------------
 
     async def latency_run(self, index: int, rate: float) -> dict[str, Any]:
-        """Produce at `rate` while the forwarder runs; latency is record timestamp → sink.
+        """The forwarder's delivery latency at `rate`."""
+        return await self._latency(index, rate, "forwarder", self._forwarder_reading)
 
-        A fresh topic and a recording sink per run; the forwarder joins first, so every
-        record is read as soon as it is written, as in steady production traffic."""
+    async def relay_latency_run(self, index: int, rate: float) -> dict[str, Any]:
+        """The same records at the same rate through the bare relay (aiokafka + aiohttp):
+        what the broker, the libraries and this machine alone add."""
+        return await self._latency(index, rate, "relay", self._relay_reading)
+
+    async def _latency(
+        self, index: int, rate: float, name: str, reading: Reading
+    ) -> dict[str, Any]:
+        """Produce at `rate` while a reader runs; latency is record timestamp → sink.
+
+        A fresh topic and a recording sink per run; the reader joins first, so every
+        record is read as soon as it is written, as in steady production traffic. The
+        records are the same for every reader of round `index`."""
         count = max(10, int(rate * self.options.latency_seconds))
         records = list(generate(count, SEED + 1 + index, prefix=f"lat{index}-"))
         expected = sum(not r.duplicate for r in records)
         topic = _unique("bench-latency")
         await create_topic(self.broker.bootstrap, topic, PARTITIONS)
-        dump = self.log_dir / f"latency-{index}.json"
+        dump = self.log_dir / f"{name}-latency-{index}.json"
         sink = await SinkProcess(self.log_dir, recording_to=dump).start()
         try:
-            forwarder = self._forwarder(f"forwarder-latency-{index}", topic, sink.url)
-            try:
-                await forwarder.wait_ready()
+            async with reading(f"{name}-latency-{index}", topic, sink.url) as reader:
                 await asyncio.sleep(_LATENCY_SETTLE_SECONDS)
-                waited = runqueue_wait_seconds(forwarder.pid)
+                waited = runqueue_wait_seconds(reader.pid)
                 started = time.monotonic()
                 sent_at = await self._paced_produce(topic, records, rate)
-                await sink.wait_accepted(expected, _allowance(count), watch=forwarder.child)
-                waited = runqueue_wait_seconds(forwarder.pid) - waited
+                await sink.wait_accepted(expected, _allowance(count), watch=reader)
+                waited = runqueue_wait_seconds(reader.pid) - waited
                 elapsed = time.monotonic() - started
-            finally:
-                forwarder.stop()
         finally:
             await sink.stop()
         arrivals: list[tuple[str, float]] = orjson.loads(dump.read_bytes())
         latencies = sorted(at - sent_at[key] for key, at in arrivals)
         if len(latencies) != expected:
-            raise BenchError(f"latency: {len(latencies)} of {expected} deliveries recorded")
+            raise BenchError(f"{name} latency: {len(latencies)} of {expected} deliveries recorded")
         return {
             "rate": rate,
             "deliveries": len(latencies),
             "p50_ms": _percentile(latencies, 0.50) * 1000,
             "p99_ms": _percentile(latencies, 0.99) * 1000,
             "max_ms": latencies[-1] * 1000,
-            "forwarder_runqueue_wait_share": waited / elapsed,
+            "runqueue_wait_share": waited / elapsed,
         }
+
+    @contextlib.asynccontextmanager
+    async def _forwarder_reading(
+        self, name: str, topic: str, sink_url: str
+    ) -> AsyncIterator[Child]:
+        forwarder = self._forwarder(name, topic, sink_url)
+        try:
+            await forwarder.wait_ready()
+            yield forwarder.child
+        finally:
+            forwarder.stop()
+
+    @contextlib.asynccontextmanager
+    async def _relay_reading(self, name: str, topic: str, sink_url: str) -> AsyncIterator[Child]:
+        arguments = {
+            "kind": "relay",
+            "bootstrap": self.broker.bootstrap,
+            "topic": topic,
+            "group": _unique("relay"),
+            "url": sink_url,
+            "concurrency": MAX_IN_FLIGHT,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            "session_timeout_ms": self.options.session_timeout_ms,
+        }
+        relay = worker_child(self.log_dir, name, "forwarder.bench.workers", arguments)
+        try:
+            await wait_line(relay, READY)
+            yield relay
+        finally:
+            relay.stop()
 
     async def _paced_produce(
         self, topic: str, records: list[BenchRecord], rate: float
@@ -416,7 +463,10 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
                 "cpu_seconds_per_1000_events",
             )
             rate = options.latency_rate or forwarder_summary["events_per_second"] / 2
-            latency = [await bench.latency_run(index, rate) for index in range(options.runs)]
+            latency, relay = [], []
+            for index in range(options.runs):
+                latency.append(await bench.latency_run(index, rate))
+                relay.append(await bench.relay_latency_run(index, rate))
             backlog = None
             if options.backlog:
                 backlog = {
@@ -446,6 +496,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         },
         "forwarder": forwarder_summary,
         "latency": _summary(latency, "rate", "p50_ms", "p99_ms", "max_ms"),
+        "relay_latency": _summary(relay, "rate", "p50_ms", "p99_ms", "max_ms"),
         "aiohttp_ceiling": _summary(aiohttp, "events_per_second", "cpu_seconds_per_1000_events"),
         "consume_ceiling": _summary(consume, "events_per_second", "cpu_seconds_per_1000_events"),
         "naive": _summary(naive, "events_per_second"),

@@ -7,6 +7,10 @@
   every value, and does nothing else.
 - `naive`: the forwarder most people write first: one record at a time, decode,
   `httpx.post`, commit.
+- `relay`: the latency reference. aiokafka reads, each record is decoded and its
+  first copy posted by aiohttp, at the same concurrency, and nothing else: no order,
+  no retries, no limits, no offsets committed. What the libraries alone take from
+  a record's production to its arrival, on the same machine at the same rate.
 
 Run: `python -m forwarder.bench.workers '{"kind": "...", ...}'`; the result is
 the JSON line printed last. Separate processes keep each yardstick's event loop,
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -25,13 +30,25 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from forwarder.bench.processes import TOKEN, run_event_loop
 from forwarder.bench.workload import Delivery, deliveries, generate
 from forwarder.decode import CloudEventTypes, decode
 from forwarder.events import AuthEvent
 from forwarder.sink import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
+
+READY = "ready"
+"""The line the relay prints once its partitions are assigned."""
+
+FIXED_HEADERS = {
+    "Authorization": f"Bearer {TOKEN}",
+    "Accept": "application/json",
+    "Accept-Encoding": "identity",
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+}
+"""Every header the forwarder sends but the Idempotency-Key."""
 
 
 async def aiohttp_ceiling(url: str, events: int, seed: int, concurrency: int) -> dict[str, Any]:
@@ -41,20 +58,13 @@ async def aiohttp_ceiling(url: str, events: int, seed: int, concurrency: int) ->
     gc.collect()
     gc.freeze()
     target = url + TRACK_AUTH_PATH
-    fixed = {
-        "Authorization": f"Bearer {TOKEN}",
-        "Accept": "application/json",
-        "Accept-Encoding": "identity",
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-    }
     failures = 0
 
     async def post_all(session: aiohttp.ClientSession) -> int:
         nonlocal failures
         posted = 0
         for delivery in todo:
-            headers = {**fixed, "Idempotency-Key": delivery.idempotency_key}
+            headers = {**FIXED_HEADERS, "Idempotency-Key": delivery.idempotency_key}
             async with session.post(target, data=delivery.body, headers=headers) as response:
                 await response.read()
                 failures += response.status != 201
@@ -156,6 +166,88 @@ async def naive(
     return {"sent": sent}
 
 
+class _PrintReady(ConsumerRebalanceListener):  # type: ignore[misc]
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        print(READY, flush=True)
+
+
+async def relay(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    url: str,
+    concurrency: int,
+    fetch_max_wait_ms: int,
+    session_timeout_ms: int,
+) -> dict[str, Any]:
+    """Relay records until SIGTERM; prints READY once it will see what is produced next.
+
+    Copies are skipped by key (a set, which never forgets) so that the sink receives the
+    same requests as from the forwarder, which the latency run checks."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=session_timeout_ms // 12,
+    )
+    consumer.subscribe([topic], listener=_PrintReady())
+    queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+    target = url + TRACK_AUTH_PATH
+    posted = failures = 0
+
+    async def post(session: aiohttp.ClientSession) -> None:
+        nonlocal posted, failures
+        while True:
+            body, key = await queue.get()
+            headers = {**FIXED_HEADERS, "Idempotency-Key": key}
+            async with session.post(target, data=body, headers=headers) as response:
+                await response.read()
+                failures += response.status != 201
+            posted += 1
+
+    async def read() -> None:
+        types = CloudEventTypes()
+        seen: set[str] = set()
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            for messages in batch.values():
+                for message in messages:
+                    event = decode(message.value, tuple(message.headers), types)
+                    if not isinstance(event, AuthEvent):
+                        continue
+                    key = idempotency_key(event.key)
+                    if key not in seen:
+                        seen.add(key)
+                        body = {"user_id": event.user_id, "action_type": event.action.value}
+                        queue.put_nowait((orjson.dumps(body), key))
+
+    await consumer.start()
+    try:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            tasks = [asyncio.create_task(read())]
+            tasks += [asyncio.create_task(post(session)) for _ in range(concurrency)]
+            stop = asyncio.create_task(stopping.wait())
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in (stop, *tasks):
+                task.cancel()
+            await asyncio.gather(stop, *tasks, return_exceptions=True)
+            for task in done - {stop}:
+                task.result()  # the reader and posters only end by failing: say why
+    finally:
+        await consumer.stop()
+    return {"posted": posted, "failures": failures}
+
+
 def main(argv: list[str] | None = None) -> None:
     arguments: dict[str, Any] = orjson.loads((argv or sys.argv[1:])[0])
     kind = arguments.pop("kind")
@@ -163,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         "aiohttp": aiohttp_ceiling,
         "consume": consume_ceiling,
         "naive": naive,
+        "relay": relay,
     }
     runner = runners[kind]
     result = run_event_loop(runner(**arguments))

@@ -61,13 +61,20 @@ def test_forwarder_delivers_every_event_exactly_once(results: dict[str, Any]) ->
     assert run["duplicates"] == workload["duplicates"]
 
 
-def test_latency_is_measured_on_every_delivery(results: dict[str, Any]) -> None:
-    latency = results["latency"]
+@pytest.mark.parametrize("name", ["latency", "relay_latency"])
+def test_latency_is_measured_on_every_delivery(results: dict[str, Any], name: str) -> None:
+    latency = results[name]
     _positive(latency, "rate", "p50_ms", "p99_ms", "max_ms")
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     [run] = latency["runs"]
     assert run["deliveries"] > 0
-    assert 0 <= run["forwarder_runqueue_wait_share"] <= 1
+    assert 0 <= run["runqueue_wait_share"] <= 1
+
+
+def test_the_relay_reads_the_same_records_at_the_same_rate(results: dict[str, Any]) -> None:
+    [forwarder], [relay] = results["latency"]["runs"], results["relay_latency"]["runs"]
+    assert relay["rate"] == forwarder["rate"]
+    assert relay["deliveries"] == forwarder["deliveries"]
 
 
 def test_limits_and_baselines_are_measured(results: dict[str, Any]) -> None:
