@@ -61,6 +61,17 @@ def runqueue_wait_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def stolen_cpu_seconds() -> float | None:
+    """CPU time the hypervisor gave elsewhere while this machine's CPUs had work (the
+    steal column of /proc/stat, all CPUs); None without /proc. A run with seconds of it
+    measured the host as much as the program."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    return int(fields[8]) / _CLOCK_TICKS
+
+
 def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field):

@@ -37,6 +37,7 @@ from forwarder.bench.processes import (
     rss_mb,
     run_worker,
     runqueue_wait_seconds,
+    stolen_cpu_seconds,
     wait_line,
     worker_child,
 )
@@ -426,6 +427,10 @@ class Bench:
         }
 
 
+def _difference(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
 def _summary(runs: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
     return {key: _median([run[key] for run in runs]) for key in keys} | {"runs": runs}
 
@@ -445,6 +450,7 @@ def machine() -> dict[str, Any]:
 async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     options.log_dir.mkdir(parents=True, exist_ok=True)
     machine_before = machine()
+    stolen_before = stolen_cpu_seconds()
     records = list(generate(options.events, SEED))
     duplicates = sum(r.duplicate for r in records)
     expected = len(records) - duplicates
@@ -483,7 +489,11 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         finally:
             await sink.stop()
     results = {
-        "machine": {**machine_before, "load_average_1m_after": os.getloadavg()[0]},
+        "machine": {
+            **machine_before,
+            "load_average_1m_after": os.getloadavg()[0],
+            "cpu_stolen_seconds": _difference(stolen_cpu_seconds(), stolen_before),
+        },
         "workload": {
             "events": produced,
             "deliveries": expected,

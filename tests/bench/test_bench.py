@@ -44,6 +44,7 @@ def test_machine_and_workload_are_described(results: dict[str, Any]) -> None:
     machine, workload = results["machine"], results["workload"]
     assert machine["cpu_count"] >= 1
     assert machine["python"].startswith("3.")
+    assert machine["cpu_stolen_seconds"] >= 0
     assert workload["events"] == QUICK_EVENTS
     assert 0 < workload["duplicates"] < QUICK_EVENTS // 10
     assert workload["deliveries"] == workload["events"] - workload["duplicates"]
