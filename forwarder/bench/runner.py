@@ -523,6 +523,14 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     fwd = results["forwarder"]["events_per_second"]
     results["ratios"] = {
         "forwarder_vs_aiohttp": fwd / results["aiohttp_ceiling"]["events_per_second"],
+        # Each forwarder run with the aiohttp run just after it: the median of ratios taken
+        # minutes apart, against the ratio of medians that may pair different minutes.
+        "forwarder_vs_aiohttp_pairs": _median(
+            [
+                f["events_per_second"] / a["events_per_second"]
+                for f, a in zip(forwarder, aiohttp, strict=True)
+            ]
+        ),
         "forwarder_vs_naive": fwd / results["naive"]["events_per_second"],
         "forwarder_vs_naive_keepalive": fwd / results["naive_keepalive"]["events_per_second"],
         "forwarder_vs_consume": fwd / results["consume_ceiling"]["events_per_second"],

@@ -87,7 +87,12 @@ def test_limits_and_baselines_are_measured(results: dict[str, Any]) -> None:
     for name in ("naive", "naive_keepalive"):
         _positive(results[name], "events_per_second")
         assert 2 <= results[name]["runs"][0]["deliveries"] <= workload["naive_events"]
-    for name in ("forwarder_vs_aiohttp", "forwarder_vs_naive", "forwarder_vs_consume"):
+    for name in (
+        "forwarder_vs_aiohttp",
+        "forwarder_vs_aiohttp_pairs",
+        "forwarder_vs_naive",
+        "forwarder_vs_consume",
+    ):
         assert results["ratios"][name] > 0
 
 
