@@ -88,18 +88,22 @@ def _run(args: argparse.Namespace) -> int:
     configure(settings.log_level, settings.log_format)
     from forwarder.app import StartupError, run_forever
 
-    # What is loaded by now lives as long as the process: keep the collector from walking
-    # it again and again. Sending creates no reference cycles, so the young generation can
-    # be collected less often (the benchmark measured ~15% of CPU in the collector before).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(2_000, 10, 10)
+    tune_garbage_collector()
     try:
         run_event_loop(run_forever(settings))
     except StartupError as exc:
         print(f"forwarder: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def tune_garbage_collector() -> None:
+    """What is loaded by now lives as long as the process: keep the collector from walking
+    it again and again. Sending creates no reference cycles, so the young generation can
+    be collected less often (the benchmark measured ~15% of CPU in the collector before)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(2_000, 10, 10)
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:

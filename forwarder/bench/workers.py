@@ -7,10 +7,11 @@
   every value, and does nothing else.
 - `naive`: the forwarder most people write first: one record at a time, decode,
   `httpx.post`, commit.
-- `relay`: the latency reference. aiokafka reads, each record is decoded and its
-  first copy posted by aiohttp, at the same concurrency, and nothing else: no order,
-  no retries, no limits, no offsets committed. What the libraries alone take from
-  a record's production to its arrival, on the same machine at the same rate.
+- `relay`: the latency reference. aiokafka reads (with the forwarder's consumer
+  settings and garbage-collector tuning), each record is decoded and its first copy
+  posted by aiohttp, at the same concurrency, and nothing else: no order, no
+  retries, no limits, no offsets committed. What the libraries alone take from a
+  record's production to its arrival, on the same machine at the same rate.
 
 Run: `python -m forwarder.bench.workers '{"kind": "...", ...}'`; the result is
 the JSON line printed last. Separate processes keep each yardstick's event loop,
@@ -34,10 +35,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from forwarder.bench.processes import TOKEN, run_event_loop
 from forwarder.bench.workload import Delivery, deliveries, generate
+from forwarder.cli import tune_garbage_collector
+from forwarder.config import Settings
 from forwarder.decode import CloudEventTypes, decode
 from forwarder.events import AuthEvent
 from forwarder.sink import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
 
+MAX_POLL_RECORDS: int = Settings.model_fields["kafka_max_poll_records"].default
 READY = "ready"
 """The line the relay prints once its partitions are assigned."""
 
@@ -48,7 +52,8 @@ FIXED_HEADERS = {
     "Content-Type": "application/json",
     "User-Agent": USER_AGENT,
 }
-"""Every header the forwarder sends but the Idempotency-Key."""
+"""Every header the forwarder sends but the Idempotency-Key (aiohttp adds Host and
+Content-Length itself)."""
 
 
 async def aiohttp_ceiling(url: str, events: int, seed: int, concurrency: int) -> dict[str, Any]:
@@ -171,7 +176,8 @@ class _PrintReady(ConsumerRebalanceListener):  # type: ignore[misc]
         pass
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        print(READY, flush=True)
+        if assigned:
+            print(READY, flush=True)
 
 
 async def relay(
@@ -186,7 +192,8 @@ async def relay(
     """Relay records until SIGTERM; prints READY once it will see what is produced next.
 
     Copies are skipped by key (a set, which never forgets) so that the sink receives the
-    same requests as from the forwarder, which the latency run checks."""
+    same requests as from the forwarder, which the latency run checks. A record that
+    does not decode ends the relay at once: the workload has none, so it is a bug."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -196,6 +203,8 @@ async def relay(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        max_poll_records=MAX_POLL_RECORDS,
+        isolation_level="read_committed",
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=session_timeout_ms // 12,
     )
@@ -223,7 +232,8 @@ async def relay(
                 for message in messages:
                     event = decode(message.value, tuple(message.headers), types)
                     if not isinstance(event, AuthEvent):
-                        continue
+                        where = f"{message.topic}-{message.partition}@{message.offset}"
+                        raise ValueError(f"record {where} did not decode: {event}")
                     key = idempotency_key(event.key)
                     if key not in seen:
                         seen.add(key)
@@ -231,6 +241,7 @@ async def relay(
                         queue.put_nowait((orjson.dumps(body), key))
 
     await consumer.start()
+    tune_garbage_collector()
     try:
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
