@@ -61,14 +61,11 @@ def runqueue_wait_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def stolen_cpu_seconds() -> float | None:
+def stolen_cpu_seconds() -> float:
     """CPU time the hypervisor gave elsewhere while this machine's CPUs had work (the
-    steal column of /proc/stat, all CPUs); None without /proc. A run with seconds of it
-    measured the host as much as the program."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
+    steal column of /proc/stat, all CPUs). A run with seconds of it measured the host as
+    much as the program."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     return int(fields[8]) / _CLOCK_TICKS
 
 
@@ -175,7 +172,11 @@ class SinkProcess:
         self._client = httpx.AsyncClient(base_url=self.url, timeout=5.0)
 
     async def start(self) -> SinkProcess:
-        await wait_http(f"{self.url}/_stub/stats", self.child)
+        try:
+            await wait_http(f"{self.url}/_stub/stats", self.child)
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def stats(self) -> dict[str, Any]:

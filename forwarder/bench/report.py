@@ -53,11 +53,6 @@ def _sent(section: dict[str, Any]) -> str:
     return f"{_median_of(section, 'deliveries'):,.0f}"
 
 
-def _stolen(machine: dict[str, Any]) -> str:
-    stolen = machine.get("cpu_stolen_seconds")
-    return "" if stolen is None else f"; CPU taken by the host during the run {stolen:.1f} s"
-
-
 def _row(name: str, value: str, note: str = "") -> str:
     return f"  {name:<44} {value:>14}  {note}".rstrip()
 
@@ -73,7 +68,8 @@ def table(results: dict[str, Any]) -> str:
         f"{workload['partitions']} partitions; medians of {workload['runs']} runs",
         f"machine: {machine['cpu_count']} CPUs, Python {machine['python']}, {machine['platform']};"
         f" load average {machine['load_average_1m']:.1f} before, "
-        f"{machine['load_average_1m_after']:.1f} after{_stolen(machine)}",
+        f"{machine['load_average_1m_after']:.1f} after; CPU taken by the host during the run "
+        f"{machine['cpu_stolen_seconds']:.1f} s",
         "",
         _row("", "events/s", "forwarder ÷ it"),
         _row(

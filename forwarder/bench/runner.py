@@ -2,7 +2,8 @@
 
 Runs are interleaved (forwarder, aiohttp ceiling, consume ceiling, naive; then
 again) so that a machine that slows down half-way skews all of them alike and
-the ratios stay honest. Every number is the median of `runs` runs.
+the ratios stay honest; so are the latency runs (forwarder and reference relay,
+in turns going first). Every number is the median of `runs` runs.
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ from forwarder.sandbox.topics import create_topic
 from forwarder.sink import idempotency_key
 
 SEED = 4
-Reading = Callable[[str, str, str], AbstractAsyncContextManager[Child]]
-"""Starts a reader of a topic that posts to a sink URL, and hands it over once it is ready."""
 MAX_IN_FLIGHT = 64
 FETCH_MAX_WAIT_MS = 10
+Reading = Callable[[str, str, str], AbstractAsyncContextManager[Child]]
+"""Starts a reader of a topic that posts to a sink URL, and hands it over once it is ready."""
 
 
 def fetch_wait_setting() -> dict[str, str]:
@@ -337,8 +338,14 @@ class Bench:
         try:
             await wait_line(relay, READY)
             yield relay
-        finally:
+        except BaseException:
             relay.stop()
+            raise
+        # A reference that failed quietly would make the forwarder look good.
+        code = relay.stop()
+        result = relay.output().splitlines()[-1]
+        if code != 0 or orjson.loads(result)["failures"]:
+            raise BenchError(f"{name}: exit code {code}, {result}; see {relay.log_path}")
 
     async def _paced_produce(
         self, topic: str, records: list[BenchRecord], rate: float
@@ -353,6 +360,7 @@ class Bench:
         # This process holds the benchmark's results and workloads: a full collection here
         # took 43 ms, holding back records already stamped, which the reader was then
         # charged for. The producer stands for the upstream services, not for the reader.
+        collecting = gc.isenabled()
         gc.collect()
         gc.disable()
         try:
@@ -376,7 +384,8 @@ class Bench:
                 await asyncio.sleep(_PACING_TICK)
             await producer.flush()
         finally:
-            gc.enable()
+            if collecting:
+                gc.enable()
             await producer.stop()
         return sent_at
 
@@ -427,10 +436,6 @@ class Bench:
         }
 
 
-def _difference(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
-
-
 def _summary(runs: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
     return {key: _median([run[key] for run in runs]) for key in keys} | {"runs": runs}
 
@@ -478,8 +483,11 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
             rate = options.latency_rate or forwarder_summary["events_per_second"] / 2
             latency, relay = [], []
             for index in range(options.runs):
+                if index % 2:
+                    relay.append(await bench.relay_latency_run(index, rate))
                 latency.append(await bench.latency_run(index, rate))
-                relay.append(await bench.relay_latency_run(index, rate))
+                if not index % 2:
+                    relay.append(await bench.relay_latency_run(index, rate))
             backlog = None
             if options.backlog:
                 backlog = {
@@ -492,7 +500,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "machine": {
             **machine_before,
             "load_average_1m_after": os.getloadavg()[0],
-            "cpu_stolen_seconds": _difference(stolen_cpu_seconds(), stolen_before),
+            "cpu_stolen_seconds": stolen_cpu_seconds() - stolen_before,
         },
         "workload": {
             "events": produced,
@@ -523,8 +531,8 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     fwd = results["forwarder"]["events_per_second"]
     results["ratios"] = {
         "forwarder_vs_aiohttp": fwd / results["aiohttp_ceiling"]["events_per_second"],
-        # Each forwarder run with the aiohttp run just after it: the median of ratios taken
-        # minutes apart, against the ratio of medians that may pair different minutes.
+        # Each forwarder run over the aiohttp run right after it, so both sides of a ratio
+        # come from the same minutes; the ratio of medians may divide different minutes.
         "forwarder_vs_aiohttp_pairs": _median(
             [
                 f["events_per_second"] / a["events_per_second"]
