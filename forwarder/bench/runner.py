@@ -343,9 +343,9 @@ class Bench:
             raise
         # A reference that failed quietly would make the forwarder look good.
         code = relay.stop()
-        result = relay.output().splitlines()[-1]
-        if code != 0 or orjson.loads(result)["failures"]:
-            raise BenchError(f"{name}: exit code {code}, {result}; see {relay.log_path}")
+        last = (relay.output().splitlines() or [""])[-1]
+        if code != 0 or orjson.loads(last)["failures"]:
+            raise BenchError(f"{name}: exit code {code}, {last!r}; see {relay.log_path}")
 
     async def _paced_produce(
         self, topic: str, records: list[BenchRecord], rate: float
