@@ -14,6 +14,7 @@ from forwarder.metrics import Metrics
 from forwarder.ordering import Job
 from forwarder.outcome import Delivered, Outcome, Rejected, Unauthorized
 from forwarder.pipeline import Pipeline, PipelineOptions
+from forwarder.pipeline import Sender as SenderProtocol
 from forwarder.policy import parse_policy
 from tests.conftest import eventually
 
@@ -43,14 +44,30 @@ def record(offset: int, kind: str = "login", user: str | None = None) -> SourceR
     return SourceRecord("t", 0, offset, None, orjson.dumps(event), (), 0)
 
 
+def running(
+    options: PipelineOptions,
+    sender: SenderProtocol,
+    dead: DeadLetters | None = None,
+    metrics: Metrics | None = None,
+) -> Pipeline:
+    """A started pipeline; tests that change it before it starts build their own."""
+    pipeline = Pipeline(
+        options,
+        sender,
+        DeadLetters() if dead is None else dead,
+        Metrics() if metrics is None else metrics,
+    )
+    pipeline.start()
+    return pipeline
+
+
 async def test_limits_naming_one_counter_share_its_allowance() -> None:
     limit = {"counter": "auth_calls", "window": "minute", "max": 3}
     policy = parse_policy(
         {"tools": {"track_login": {"limits": [limit]}, "track_logout": {"limits": [limit]}}}
     )
     sender = Sender()
-    pipeline = Pipeline(PipelineOptions(policy=policy), sender, DeadLetters(), Metrics())
-    pipeline.start()
+    pipeline = running(PipelineOptions(policy=policy), sender)
     for offset in range(6):
         pipeline.submit(record(offset, "login" if offset % 2 else "logout"))
     await eventually(lambda: len(sender.sent) == 3)
@@ -66,8 +83,7 @@ async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() ->
     sender.answer = Unauthorized(401, b'{"message": "invalid credentials"}')
     dead = DeadLetters()
     metrics = Metrics()
-    pipeline = Pipeline(PipelineOptions(), sender, dead, metrics)
-    pipeline.start()
+    pipeline = running(PipelineOptions(), sender, dead, metrics)
     for offset in range(20):
         pipeline.submit(record(offset))
     await eventually(lambda: not pipeline.authorized)
@@ -103,8 +119,7 @@ class HeldSender:
 
 async def test_sends_never_exceed_max_in_flight_and_every_one_finishes() -> None:
     sender = HeldSender()
-    pipeline = Pipeline(PipelineOptions(max_in_flight=3), sender, DeadLetters(), Metrics())
-    pipeline.start()
+    pipeline = running(PipelineOptions(max_in_flight=3), sender)
     for offset in range(10):
         pipeline.submit(record(offset))
     await eventually(lambda: len(sender.sent) == 3)
@@ -119,8 +134,7 @@ async def test_sends_never_exceed_max_in_flight_and_every_one_finishes() -> None
 
 async def test_drain_cancels_sends_that_outlast_the_grace_and_commits_none_of_them() -> None:
     sender = HeldSender()
-    pipeline = Pipeline(PipelineOptions(max_in_flight=2), sender, DeadLetters(), Metrics())
-    pipeline.start()
+    pipeline = running(PipelineOptions(max_in_flight=2), sender)
     for offset in range(5):
         pipeline.submit(record(offset))
     await eventually(lambda: len(sender.sent) == 2)
@@ -154,8 +168,7 @@ async def test_a_bug_after_an_answer_takes_no_sending_capacity_away(
 
 async def test_a_sender_cancelled_while_idle_costs_no_event() -> None:
     sender = Sender()
-    pipeline = Pipeline(PipelineOptions(max_in_flight=2), sender, DeadLetters(), Metrics())
-    pipeline.start()
+    pipeline = running(PipelineOptions(max_in_flight=2), sender)
     await asyncio.sleep(0)  # the senders reach their first wait
     pipeline._senders[-1].cancel()  # e.g. shutdown code cancelling every task
     await asyncio.sleep(0)
@@ -179,13 +192,7 @@ class CancellingClient(Sender):
 
 async def test_a_cancellation_from_inside_the_client_is_retried_not_lost() -> None:
     sender = CancellingClient()
-    pipeline = Pipeline(
-        PipelineOptions(max_in_flight=1, retry_initial_backoff=0.01),
-        sender,
-        DeadLetters(),
-        Metrics(),
-    )
-    pipeline.start()
+    pipeline = running(PipelineOptions(max_in_flight=1, retry_initial_backoff=0.01), sender)
     pipeline.submit(record(0))
     pipeline.submit(record(1))
     await eventually(lambda: pipeline.committable() == {("t", 0): 2})
@@ -205,8 +212,7 @@ class SlowDeadLetters(DeadLetters):
 async def test_drain_waits_for_the_dead_letter_an_answer_during_the_drain_starts() -> None:
     sender = HeldSender(Rejected(400, b'{"error_message": "bad"}'))
     dead = SlowDeadLetters()
-    pipeline = Pipeline(PipelineOptions(), sender, dead, Metrics())
-    pipeline.start()
+    pipeline = running(PipelineOptions(), sender, dead)
     pipeline.submit(record(0))
     await eventually(lambda: len(sender.sent) == 1)
     draining = asyncio.create_task(pipeline.drain(5.0))
