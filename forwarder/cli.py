@@ -15,7 +15,7 @@ import orjson
 
 from forwarder import __version__
 from forwarder.config import ConfigError, Settings, flag_name, load_settings, masked
-from forwarder.logs import configure
+from forwarder.ops.logs import configure
 
 EXIT_CONFIG = 2
 T = TypeVar("T")
@@ -69,7 +69,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
-    from forwarder.app import StartupError, pipeline_options
+    from forwarder.commands.run import StartupError, pipeline_options
 
     try:
         pipeline_options(settings)
@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"forwarder: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure(settings.log_level, settings.log_format)
-    from forwarder.app import StartupError, run_forever
+    from forwarder.commands.run import StartupError, run_forever
 
     tune_garbage_collector()
     try:
@@ -121,6 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "run":
         return _run(args)
-    from forwarder.demo import run_demo
+    from forwarder.commands.demo import run_demo
 
     return run_demo(args.events, args.metrics_port)

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from forwarder.ratelimit import Rate, parse_rate
+from forwarder.limits.rate import Rate, parse_rate
 
 ENV_PREFIX = "FORWARDER_"
 CONFIG_FILE_ENV = "FORWARDER_CONFIG_FILE"

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from forwarder.logs import configure
+from forwarder.ops.logs import configure
 from forwarder.sandbox.broker import SandboxBroker
 
 

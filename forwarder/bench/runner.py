@@ -54,7 +54,7 @@ from forwarder.bench.workload import (
 from forwarder.config import Settings
 from forwarder.sandbox.broker import SandboxBroker
 from forwarder.sandbox.topics import create_topic
-from forwarder.sink import idempotency_key
+from forwarder.sinks.legiti.client import idempotency_key
 
 SEED = 4
 MAX_IN_FLIGHT = 64

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from forwarder.decode import cloudevent_key
-from forwarder.sink import idempotency_key
+from forwarder.core.decode import cloudevent_key
+from forwarder.sinks.legiti.client import idempotency_key
 
 USERS = 5_000
 DUPLICATE_FRACTION = 0.02

@@ -17,12 +17,12 @@ import httpx
 import orjson
 import pytest
 
-from forwarder.credentials import TokenSource
-from forwarder.events import ActionType, AuthEvent
-from forwarder.outcome import Delivered, Rejected, Retry, Unauthorized
+from forwarder.core.events import ActionType, AuthEvent
 from forwarder.sandbox.broker import free_port
 from forwarder.sandbox.legiti import LegitiStub
-from forwarder.sink import USER_AGENT, LegitiSink
+from forwarder.sinks.credentials import TokenSource
+from forwarder.sinks.legiti.client import USER_AGENT, LegitiSink
+from forwarder.sinks.outcome import Delivered, Rejected, Retry, Unauthorized
 
 TOKEN = "test-token"
 EVENT = AuthEvent("//auth.example.com/web#ü-1", "user-ü", ActionType.LOGIN_FAILURE)
@@ -44,7 +44,7 @@ async def sink(stub: LegitiStub) -> AsyncIterator[LegitiSink]:
 async def test_a_delivered_event_carries_body_and_headers(
     stub: LegitiStub, sink: LegitiSink
 ) -> None:
-    assert await sink.send(EVENT) == Delivered(201)
+    assert await sink.send(EVENT) == Delivered("201")
     [received] = stub.accepted
     assert (received.user_id, received.action_type) == ("user-ü", "login_failure")
     assert received.authorization == f"Bearer {TOKEN}"
@@ -98,7 +98,7 @@ async def test_a_rotated_token_is_used_from_the_next_send(stub: LegitiStub, tmp_
         assert isinstance(await sink.send(EVENT), Unauthorized)
         token_file.write_text(TOKEN)
         assert source.refresh()
-        assert await sink.send(EVENT) == Delivered(201)
+        assert await sink.send(EVENT) == Delivered("201")
     finally:
         await sink.aclose()
 
@@ -106,7 +106,7 @@ async def test_a_rotated_token_is_used_from_the_next_send(stub: LegitiStub, tmp_
 async def test_concurrent_sends_share_the_pool(stub: LegitiStub, sink: LegitiSink) -> None:
     events = [AuthEvent(f"e{i}", f"u{i}", ActionType.LOGOUT) for i in range(50)]
     outcomes = await asyncio.gather(*(sink.send(event) for event in events))
-    assert outcomes == [Delivered(201)] * 50
+    assert outcomes == [Delivered("201")] * 50
     assert sorted(r.idempotency_key or "" for r in stub.accepted) == sorted(e.key for e in events)
 
 
@@ -120,12 +120,12 @@ async def test_works_over_httpx_own_transport(stub: LegitiStub) -> None:
         transport=httpx.AsyncHTTPTransport(),
     )
     try:
-        assert await sink.send(EVENT) == Delivered(201)
+        assert await sink.send(EVENT) == Delivered("201")
         stub.faults.script.append(400)
         rejected = await sink.send(EVENT)
         assert isinstance(rejected, Rejected)
         assert b"error_message" in rejected.body
-        assert await sink.send(EVENT) == Delivered(201)
+        assert await sink.send(EVENT) == Delivered("201")
     finally:
         await sink.aclose()
     assert len(stub.accepted) == 2

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from forwarder.app import Forwarder
+from forwarder.commands.run import Forwarder
 from forwarder.config import Settings, load_settings
 from forwarder.sandbox.topics import Outgoing
 from forwarder.sandbox.topics import create_topic as create_topic

@@ -7,8 +7,8 @@ from collections import Counter
 
 import orjson
 
-from forwarder.dead_letters import KafkaDeadLetters
-from forwarder.events import SourceRecord
+from forwarder.core.dead_letters import KafkaDeadLetters
+from forwarder.core.events import SourceRecord
 from tests.conftest import eventually
 from tests.integration.kafka_helpers import (
     committed,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forwarder.circuit import HaltState
+from forwarder.core.halts import HaltState
 from tests.conftest import eventually
 from tests.integration.kafka_helpers import (
     create_topic,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.backoff import MAX_RETRY_AFTER, Backoff, parse_retry_after
+from forwarder.core.retry import MAX_RETRY_AFTER, Backoff, parse_retry_after
 
 NOW = 1_800_000_000.0  # a wall-clock instant in 2027
 

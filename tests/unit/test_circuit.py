@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.circuit import CircuitBreaker, Halt, HaltState
+from forwarder.core.halts import CircuitBreaker, Halt, HaltState
 
 
 def state(halt: Halt) -> HaltState:

@@ -9,8 +9,8 @@ import pytest
 import trustme
 
 from forwarder.config import ConfigError, load_settings, masked
-from forwarder.kafka_options import consumer_options, producer_options
-from forwarder.ratelimit import Rate
+from forwarder.kafka.options import consumer_options, producer_options
+from forwarder.limits.rate import Rate
 
 BASE = {
     "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from forwarder.congestion import AdaptiveRate
+from forwarder.limits.learned_rate import AdaptiveRate
 
 
 def test_no_ceiling_before_any_429() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forwarder.dead_letters import (
+from forwarder.core.dead_letters import (
     DENIED_BY_POLICY,
     EMPTY_VALUE,
     INVALID_EVENT,
@@ -15,7 +15,7 @@ from forwarder.dead_letters import (
     RETRIES_EXHAUSTED,
     dead_letter_headers,
 )
-from forwarder.events import SourceRecord
+from forwarder.core.events import SourceRecord
 
 REQUIRED = (
     "x-forwarder-error-reason",

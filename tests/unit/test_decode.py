@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.dead_letters import EMPTY_VALUE, INVALID_EVENT, INVALID_JSON
-from forwarder.decode import MAX_USER_ID_LENGTH, CloudEventTypes, cloudevent_key, decode
-from forwarder.events import ActionType, AuthEvent, Invalid
+from forwarder.core.dead_letters import EMPTY_VALUE, INVALID_EVENT, INVALID_JSON
+from forwarder.core.decode import MAX_USER_ID_LENGTH, CloudEventTypes, cloudevent_key, decode
+from forwarder.core.events import ActionType, AuthEvent, Invalid
 
 TYPES = CloudEventTypes()
 REASONS = {EMPTY_VALUE, INVALID_EVENT, INVALID_JSON}

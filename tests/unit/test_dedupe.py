@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder import dedupe
-from forwarder.dedupe import DeliveredWindow
+from forwarder.core import dedupe
+from forwarder.core.dedupe import DeliveredWindow
 
 
 def test_contains_only_what_was_added() -> None:

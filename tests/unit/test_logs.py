@@ -11,8 +11,8 @@ import orjson
 import pytest
 import structlog
 
-from forwarder import logs
-from forwarder.logs import Throttle, event_fields, register_secret, scrub_secrets
+from forwarder.ops import logs
+from forwarder.ops.logs import Throttle, event_fields, register_secret, scrub_secrets
 
 SECRET = "s3cr3t-t0ken-value"
 

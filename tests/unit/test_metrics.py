@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from forwarder.metrics import HotCounter, HotHistogram
+from forwarder.ops.metrics import HotCounter, HotHistogram
 
 BUCKETS = (0.001, 0.005, 0.01, 0.25, 1, 2.5, 30, 900)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.offsets import PartitionOffsets
+from forwarder.core.offsets import PartitionOffsets
 
 
 def test_nothing_committable_before_anything_finished() -> None:

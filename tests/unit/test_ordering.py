@@ -9,10 +9,17 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from forwarder.dedupe import DeliveredWindow
-from forwarder.events import TOOLS, TRACK_LOGIN, TRACK_LOGOUT, ActionType, AuthEvent, SourceRecord
-from forwarder.offsets import PartitionOffsets
-from forwarder.ordering import Job, Scheduler
+from forwarder.core.dedupe import DeliveredWindow
+from forwarder.core.events import (
+    TOOLS,
+    TRACK_LOGIN,
+    TRACK_LOGOUT,
+    ActionType,
+    AuthEvent,
+    SourceRecord,
+)
+from forwarder.core.offsets import PartitionOffsets
+from forwarder.core.scheduler import Job, Scheduler
 
 _offsets = itertools.count()
 

@@ -9,20 +9,20 @@ import time
 import orjson
 import pytest
 
-from forwarder.events import AuthEvent, SourceRecord
-from forwarder.metrics import Metrics
-from forwarder.ordering import Job
-from forwarder.outcome import Delivered, Outcome, Rejected, Unauthorized
-from forwarder.pipeline import Pipeline, PipelineOptions
-from forwarder.pipeline import Sender as SenderProtocol
-from forwarder.policy import parse_policy
+from forwarder.core.events import AuthEvent, SourceRecord
+from forwarder.core.policy import parse_policy
+from forwarder.core.scheduler import Job
+from forwarder.engine.pipeline import Pipeline, PipelineOptions
+from forwarder.engine.pipeline import Sender as SenderProtocol
+from forwarder.ops.metrics import Metrics
+from forwarder.sinks.outcome import Delivered, Outcome, Rejected, Unauthorized
 from tests.conftest import eventually
 
 
 class Sender:
     def __init__(self) -> None:
         self.sent: list[tuple[float, AuthEvent]] = []
-        self.answer: Outcome = Delivered(201)
+        self.answer: Outcome = Delivered("201")
 
     async def send(self, event: AuthEvent) -> Outcome:
         self.sent.append((time.monotonic(), event))
@@ -80,7 +80,7 @@ async def test_limits_naming_one_counter_share_its_allowance() -> None:
 
 async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() -> None:
     sender = Sender()
-    sender.answer = Unauthorized(401, b'{"message": "invalid credentials"}')
+    sender.answer = Unauthorized("401", "legiti answered 401")
     dead = DeadLetters()
     metrics = Metrics()
     pipeline = running(PipelineOptions(), sender, dead, metrics)
@@ -89,7 +89,7 @@ async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() ->
     await eventually(lambda: not pipeline.authorized)
     sent_while_open = len(sender.sent)
     assert metrics.registry.get_sample_value("forwarder_credentials_valid") == 0
-    sender.answer = Delivered(201)
+    sender.answer = Delivered("201")
     pipeline.credentials_changed()
     await eventually(lambda: pipeline.committable() == {("t", 0): 20})
     assert pipeline.authorized
@@ -100,7 +100,7 @@ async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() ->
     assert await pipeline.drain(1.0)
 
 
-DELIVERED = Delivered(201)
+DELIVERED = Delivered("201")
 
 
 class HeldSender:
@@ -210,7 +210,7 @@ class SlowDeadLetters(DeadLetters):
 
 
 async def test_drain_waits_for_the_dead_letter_an_answer_during_the_drain_starts() -> None:
-    sender = HeldSender(Rejected(400, b'{"error_message": "bad"}'))
+    sender = HeldSender(Rejected("400", "legiti answered 400", b'{"error_message": "bad"}', 400))
     dead = SlowDeadLetters()
     pipeline = running(PipelineOptions(), sender, dead)
     pipeline.submit(record(0))

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from forwarder.events import TRACK_LOGIN, TRACK_LOGOUT
-from forwarder.policy import ALLOW_ALL, PolicyError, ToolPolicy, load_policy, parse_policy
-from forwarder.ratelimit import Rate
+from forwarder.core.events import TRACK_LOGIN, TRACK_LOGOUT
+from forwarder.core.policy import ALLOW_ALL, PolicyError, ToolPolicy, load_policy, parse_policy
+from forwarder.limits.rate import Rate
 
 ISSUE_EXAMPLE = {
     "version": "1",

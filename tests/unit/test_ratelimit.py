@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.ratelimit import LimiterSet, Rate, SlidingWindowLimiter, Slot, parse_rate
+from forwarder.limits.rate import Rate, parse_rate
+from forwarder.limits.sliding_log import LimiterSet, SlidingWindowLimiter, Slot
 
 # Parsing --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from forwarder.config import Settings, env_name
-from forwarder.metrics import Metrics
+from forwarder.ops.metrics import Metrics
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 

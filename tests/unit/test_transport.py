@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trustme
 
-from forwarder.transport import ReqwestTransport
+from forwarder.sinks.legiti.transport import ReqwestTransport
 
 BODY = b'{"user_id":"u-1","action_type":"logout"}'
 
@@ -162,7 +162,7 @@ async def test_ssl_cert_file_names_the_trust_store(
     bundle.write_bytes(ca.cert_pem.bytes())
     script = (
         "import asyncio, httpx\n"
-        "from forwarder.transport import ReqwestTransport\n"
+        "from forwarder.sinks.legiti.transport import ReqwestTransport\n"
         "async def main():\n"
         "    transport = ReqwestTransport(1)\n"
         "    try:\n"

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from forwarder.events import TOOLS
-from forwarder.ratelimit import MAX_COUNT, WINDOWS, Rate
+from forwarder.core.events import TOOLS
+from forwarder.limits.rate import MAX_COUNT, WINDOWS, Rate
 
 SHARED_TOOL = "track_auth"
 

@@ -31,8 +31,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from forwarder import __version__
-from forwarder.dead_letters import REASONS
-from forwarder.events import ActionType
+from forwarder.core.dead_letters import REASONS
+from forwarder.core.events import ActionType
 
 # `*_created` series double the exposition for no operational use.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from forwarder.dead_letters import EMPTY_VALUE, INVALID_EVENT, INVALID_JSON
-from forwarder.events import ActionType, AuthEvent, Invalid
+from forwarder.core.dead_letters import EMPTY_VALUE, INVALID_EVENT, INVALID_JSON
+from forwarder.core.events import ActionType, AuthEvent, Invalid
 
 MAX_USER_ID_LENGTH = 256
 # The key travels as the Idempotency-Key header; servers refuse headers of many KB.

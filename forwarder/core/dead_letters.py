@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from forwarder.events import SourceRecord
+from forwarder.core.events import SourceRecord
 
 MAX_DETAIL_BYTES = 2048
 MAX_BODY_BYTES = 4096

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from forwarder.metrics import Metrics
+from forwarder.ops.metrics import Metrics
 
 ReadinessCheck = Callable[[], dict[str, bool]]
 

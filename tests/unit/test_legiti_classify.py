@@ -1,15 +1,16 @@
-"""What each answer from Legiti means for the event."""
+"""What each HTTP answer from Legiti means for the event."""
 
 from __future__ import annotations
 
 import pytest
 
-from forwarder.outcome import Delivered, Rejected, Retry, Unauthorized, classify, transport_failure
+from forwarder.sinks.legiti.classify import classify
+from forwarder.sinks.outcome import Delivered, Rejected, Retry, Unauthorized, transport_failure
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
 def test_2xx_is_delivered(status: int) -> None:
-    assert classify(status, b'{"message": "ok"}', None) == Delivered(status)
+    assert classify(status, b'{"message": "ok"}', None) == Delivered(str(status))
 
 
 def test_429_is_a_throttled_retry_honouring_retry_after() -> None:
@@ -49,13 +50,15 @@ def test_every_status_in_the_issues_retry_list_is_retried(status: int) -> None:
 @pytest.mark.parametrize("status", [401, 403])
 def test_401_and_403_are_unauthorized_never_rejected(status: int) -> None:
     body = b'{"message": "bad token"}'
-    assert classify(status, body, None) == Unauthorized(status, body)
+    assert classify(status, body, None) == Unauthorized(str(status), f"legiti answered {status}")
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
 def test_rejections_carry_status_and_body(status: int) -> None:
     body = b'{"error_message": {"user_id": ["required"]}}'
-    assert classify(status, body, None) == Rejected(status, body)
+    assert classify(status, body, None) == Rejected(
+        str(status), f"legiti answered {status}", body, status
+    )
 
 
 @pytest.mark.parametrize("status", [402, 405, 410, 418, 451, 499])

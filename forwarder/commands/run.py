@@ -16,17 +16,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from forwarder.config import Settings
-from forwarder.credentials import TokenError, TokenSource
-from forwarder.dead_letters import DeadLetterSink, KafkaDeadLetters
-from forwarder.decode import CloudEventTypes
-from forwarder.health import HealthServer
-from forwarder.kafka_options import KafkaSecretError, consumer_options, producer_options
-from forwarder.logs import get_logger, register_secret
-from forwarder.metrics import Metrics
-from forwarder.pipeline import Pipeline, PipelineOptions, Sender
-from forwarder.policy import ALLOW_ALL, PolicyError, load_policy
-from forwarder.sink import LegitiSink
-from forwarder.source import KafkaSource
+from forwarder.core.dead_letters import DeadLetterSink, KafkaDeadLetters
+from forwarder.core.decode import CloudEventTypes
+from forwarder.core.policy import ALLOW_ALL, PolicyError, load_policy
+from forwarder.engine.pipeline import Pipeline, PipelineOptions, Sender
+from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
+from forwarder.kafka.source import KafkaSource
+from forwarder.ops.health import HealthServer
+from forwarder.ops.logs import get_logger, register_secret
+from forwarder.ops.metrics import Metrics
+from forwarder.sinks.credentials import TokenError, TokenSource
+from forwarder.sinks.legiti.client import LegitiSink
 
 TOKEN_CHECK_INTERVAL = 1.0
 T = TypeVar("T")
@@ -81,7 +81,7 @@ async def start_with_retry(
 
     A broker outage at start-up is not a reason to crash-loop: the pod stays up,
     reports not ready and says in its log what it is waiting for."""
-    log = get_logger("forwarder.app")
+    log = get_logger("forwarder.commands.run")
     delay = 1.0
     while not stop.is_set():
         client = factory()
@@ -130,7 +130,7 @@ class Forwarder:
         self.health = HealthServer(
             self.metrics, self.readiness, settings.metrics_host, settings.metrics_port
         )
-        self._log = get_logger("forwarder.app")
+        self._log = get_logger("forwarder.commands.run")
 
     def readiness(self) -> dict[str, bool]:
         pipeline = self.pipeline
@@ -231,7 +231,7 @@ class Forwarder:
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    log = get_logger("forwarder.app")
+    log = get_logger("forwarder.commands.run")
 
     def request_stop(signame: str) -> None:
         if not stop.is_set():

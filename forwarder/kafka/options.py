@@ -12,7 +12,7 @@ from aiokafka.helpers import create_ssl_context
 
 from forwarder import __version__
 from forwarder.config import Settings
-from forwarder.logs import register_secret
+from forwarder.ops.logs import register_secret
 
 
 class KafkaSecretError(RuntimeError):

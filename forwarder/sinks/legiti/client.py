@@ -12,8 +12,8 @@ and the timeout settings; per event only the small JSON body, its length and
 the Idempotency-Key are new, and the request body is handed over as a ready
 stream, so httpx does not re-encode it or recompute headers.
 
-What an answer *means* lives in `outcome.py`; what the pipeline does about it
-lives in `pipeline.py`.
+What an answer *means* lives in `classify.py`; what the engine does about it
+lives in the engine.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ import httpx
 import orjson
 
 from forwarder import __version__
-from forwarder.backoff import parse_retry_after
-from forwarder.credentials import TokenSource
-from forwarder.events import AuthEvent
-from forwarder.outcome import Delivered, Outcome, classify, transport_failure
-from forwarder.transport import ReqwestTransport
+from forwarder.core.events import AuthEvent
+from forwarder.core.retry import parse_retry_after
+from forwarder.sinks.credentials import TokenSource
+from forwarder.sinks.legiti.classify import classify
+from forwarder.sinks.legiti.transport import ReqwestTransport
+from forwarder.sinks.outcome import Delivered, Outcome, transport_failure
 
 TRACK_AUTH_PATH = "/ticketing/v1/auth"
 USER_AGENT = f"legiti-forwarder/{__version__}"
 _HEADER_SAFE = string.punctuation.replace("%", "")
-_DELIVERED = {status: Delivered(status) for status in range(200, 300)}
+_DELIVERED = {status: Delivered(str(status)) for status in range(200, 300)}
 
 
 def idempotency_key(event_key: str) -> str:

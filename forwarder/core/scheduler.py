@@ -19,9 +19,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from forwarder.dedupe import DeliveredWindow
-from forwarder.events import TOOLS, AuthEvent, SourceRecord
-from forwarder.offsets import PartitionOffsets
+from forwarder.core.dedupe import DeliveredWindow
+from forwarder.core.events import TOOLS, AuthEvent, SourceRecord
+from forwarder.core.offsets import PartitionOffsets
 
 Partition = tuple[str, int]
 LaneKey = tuple[str, int, str]

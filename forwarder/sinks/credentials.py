@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forwarder.logs import register_secret
+from forwarder.ops.logs import register_secret
 
 
 class TokenError(RuntimeError):

@@ -21,21 +21,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from forwarder import dead_letters as dl
-from forwarder.backoff import Backoff
-from forwarder.circuit import CircuitBreaker, Halt, HaltState
-from forwarder.congestion import AdaptiveRate
-from forwarder.dead_letters import DeadLetterSink, dead_letter_headers
-from forwarder.decode import CloudEventTypes, decode
-from forwarder.dedupe import DeliveredWindow
-from forwarder.events import TOOLS, ActionType, AuthEvent, Invalid, SourceRecord
-from forwarder.logs import Throttle, event_fields, get_logger
-from forwarder.metrics import Metrics, Tally
-from forwarder.offsets import PartitionOffsets
-from forwarder.ordering import Job, Partition, Scheduler
-from forwarder.outcome import Delivered, Outcome, Rejected, Retry, Unauthorized, transport_failure
-from forwarder.policy import ALLOW_ALL, Policy
-from forwarder.ratelimit import LimiterSet, Rate, SlidingWindowLimiter, Slot
+from forwarder.core import dead_letters as dl
+from forwarder.core.dead_letters import DeadLetterSink, dead_letter_headers
+from forwarder.core.decode import CloudEventTypes, decode
+from forwarder.core.dedupe import DeliveredWindow
+from forwarder.core.events import TOOLS, ActionType, AuthEvent, Invalid, SourceRecord
+from forwarder.core.halts import CircuitBreaker, Halt, HaltState
+from forwarder.core.offsets import PartitionOffsets
+from forwarder.core.policy import ALLOW_ALL, Policy
+from forwarder.core.retry import Backoff
+from forwarder.core.scheduler import Job, Partition, Scheduler
+from forwarder.limits.learned_rate import AdaptiveRate
+from forwarder.limits.rate import Rate
+from forwarder.limits.sliding_log import LimiterSet, SlidingWindowLimiter, Slot
+from forwarder.ops.logs import Throttle, event_fields, get_logger
+from forwarder.ops.metrics import Metrics, Tally
+from forwarder.sinks.outcome import (
+    Delivered,
+    Outcome,
+    Rejected,
+    Retry,
+    Unauthorized,
+    transport_failure,
+)
 
 WARNING_PERIOD = 10.0
 AUTH_LOG_PERIOD = 60.0
@@ -89,7 +97,7 @@ class Pipeline:
         self._metrics = metrics
         self._clock = clock
         self._wall = wall_clock
-        self._log = get_logger("forwarder.pipeline")
+        self._log = get_logger("forwarder.engine.pipeline")
         self._throttle = Throttle(WARNING_PERIOD)
         self._auth_throttle = Throttle(AUTH_LOG_PERIOD)
         self._scheduler = Scheduler(DeliveredWindow(options.dedupe_ttl, options.dedupe_max_entries))
@@ -374,7 +382,7 @@ class Pipeline:
             self._in_flight -= 1
             self._wake.set()
         now = self._clock()
-        code = str(outcome.status) if not isinstance(outcome, Retry) else outcome.code
+        code = outcome.code
         requests = self._requests_by_code.get(code)
         if requests is None:
             requests = self._metrics.sink_requests.labels(code=code)
@@ -406,7 +414,7 @@ class Pipeline:
             if first or suppressed is not None:
                 self._log.error(
                     "legiti rejected the API token; all sends halted until it is accepted",
-                    status=outcome.status,
+                    code=outcome.code,
                     next_probe_in_seconds=round(self.auth.next_probe_at - now, 1),
                     suppressed=suppressed or 0,
                 )
@@ -491,9 +499,7 @@ class Pipeline:
             self._finish_duplicate(duplicate)
 
     def _rejected(self, job: Job, outcome: Rejected) -> None:
-        self._fail(
-            job, dl.REJECTED, f"legiti answered {outcome.status}", outcome.status, outcome.body
-        )
+        self._fail(job, dl.REJECTED, outcome.detail, outcome.status, outcome.body)
 
     def _fail(
         self,

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from forwarder.app import Forwarder
+from forwarder.commands.run import Forwarder
 from forwarder.config import load_settings
-from forwarder.dead_letters import REASONS
-from forwarder.events import ActionType
+from forwarder.core.dead_letters import REASONS
+from forwarder.core.events import ActionType
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
 from forwarder.sandbox.legiti import Faults, LegitiStub
 from forwarder.sandbox.topics import Outgoing, create_topic, produce
@@ -263,7 +263,7 @@ def _summary(
 
 def run_demo(events: int, metrics_port: int) -> int:
     from forwarder.cli import run_event_loop
-    from forwarder.logs import configure
+    from forwarder.ops.logs import configure
 
     configure("ERROR", "console")
     port = metrics_port

@@ -17,10 +17,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from forwarder.events import SourceRecord
-from forwarder.logs import Throttle, get_logger
-from forwarder.metrics import Metrics
-from forwarder.pipeline import Pipeline
+from forwarder.core.events import SourceRecord
+from forwarder.engine.pipeline import Pipeline
+from forwarder.ops.logs import Throttle, get_logger
+from forwarder.ops.metrics import Metrics
 
 POLL_TIMEOUT_MS = 100
 RESUME_FRACTION = 0.5
@@ -65,7 +65,7 @@ class KafkaSource:
         self._committed: dict[tuple[str, int], int] = {}
         self._commit_lock = asyncio.Lock()
         self._paused = False
-        self._log = get_logger("forwarder.source")
+        self._log = get_logger("forwarder.kafka.source")
         self._throttle = Throttle(30.0)
         self.in_group = False
         consumer.subscribe(topics, listener=_Rebalance(self))
