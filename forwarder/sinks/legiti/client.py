@@ -80,6 +80,9 @@ class LegitiSink:
             self._bearer_for = token
         return self._authorization
 
+    async def open(self) -> None:
+        """Nothing to prepare: the first request opens the first connection."""
+
     async def send(self, event: AuthEvent) -> Outcome:
         # orjson writes an enum as its value, faster than reading `.value` here.
         body = orjson.dumps({"user_id": event.user_id, "action_type": event.action})
