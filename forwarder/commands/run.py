@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from forwarder.kafka.source import KafkaSource
 from forwarder.ops.health import HealthServer
 from forwarder.ops.logs import get_logger, register_secret
 from forwarder.ops.metrics import Metrics
+from forwarder.runtime import install_signal_handlers
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.legiti.client import LegitiSink
 
@@ -227,19 +227,6 @@ class Forwarder:
             if changed:
                 self._log.info("API token file changed; using the new token")
                 pipeline.credentials_changed()
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    log = get_logger("forwarder.commands.run")
-
-    def request_stop(signame: str) -> None:
-        if not stop.is_set():
-            log.info("signal received; shutting down", signal=signame)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
 
 
 async def run_forever(settings: Settings) -> None:
