@@ -33,7 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from forwarder.bench.workload import Delivery, deliveries, generate
-from forwarder.config import Settings
+from forwarder.config import KafkaSettings
 from forwarder.core.decode import CloudEventTypes, decode
 from forwarder.core.events import AuthEvent
 from forwarder.runtime import install_signal_handlers, run_event_loop, tune_garbage_collector
@@ -41,7 +41,7 @@ from forwarder.sandbox.legiti import TOKEN
 from forwarder.sandbox.settings import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 from forwarder.sinks.legiti.client import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
 
-MAX_POLL_RECORDS: int = Settings.model_fields["kafka_max_poll_records"].default
+MAX_POLL_RECORDS: int = KafkaSettings.model_fields["max_poll_records"].default
 READY = "ready"
 """The line the relay prints once its partitions are assigned."""
 
