@@ -115,6 +115,21 @@ async def consume_ceiling(bootstrap: str, topic: str, events: int) -> dict[str, 
     }
 
 
+def _group_consumer(bootstrap: str, group: str, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """A member of a new consumer group on the sandbox broker, joining as fast as the
+    forwarder does, reading from the start and committing only when told."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        **options,
+    )
+
+
 async def naive(
     bootstrap: str,
     topic: str,
@@ -132,15 +147,7 @@ async def naive(
     instead, the first thing anyone fixes, as a stricter baseline."""
     client = httpx.Client() if keep_alive else None
     post = client.post if client is not None else httpx.post
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-    )
+    consumer = _group_consumer(bootstrap, group, topic)
     await consumer.start()
     types = CloudEventTypes()
     sent = 0
@@ -194,16 +201,12 @@ async def relay(
     does not decode ends the relay at once: the workload has none, so it is a bug."""
     stopping = asyncio.Event()
     install_signal_handlers(stopping)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    consumer = _group_consumer(
+        bootstrap,
+        group,
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_poll_records=MAX_POLL_RECORDS,
         isolation_level="read_committed",
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
     )
     consumer.subscribe([topic], listener=_PrintReady())
     queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
