@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.health import HealthServer
 from forwarder.ops.logs import get_logger, register_secret
 from forwarder.ops.metrics import Metrics
+from forwarder.runtime import install_signal_handlers
 from forwarder.sinks.base import Sink
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
@@ -214,19 +214,6 @@ class Forwarder:
                 self._log.info("API token file changed; using the new token")
                 pipeline.gate.credentials_changed(time.monotonic())
                 pipeline.wake()
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    log = get_logger("forwarder.commands.run")
-
-    def request_stop(signame: str) -> None:
-        if not stop.is_set():
-            log.info("signal received; shutting down", signal=signame)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
 
 
 async def run_forever(settings: Settings) -> None:

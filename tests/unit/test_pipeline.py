@@ -7,8 +7,6 @@ import asyncio
 import time
 from typing import Any, cast
 
-import orjson
-
 from forwarder.config import RetrySettings
 from forwarder.core.events import AuthEvent, SourceRecord
 from forwarder.core.policy import parse_policy
@@ -24,6 +22,7 @@ from forwarder.sinks.outcome import (
     Rejected,
     Unauthorized,
 )
+from tests import factories
 from tests.conftest import eventually
 
 
@@ -52,10 +51,9 @@ class DeadLetters:
 
 
 def record(offset: int, kind: str = "login", user: str | None = None) -> SourceRecord:
-    event = {"event_id": f"e{offset}", "type": kind, "user_id": user or f"u{offset}"}
-    if kind == "login":
-        event["success"] = True
-    return SourceRecord("t", 0, offset, None, orjson.dumps(event), (), 0)
+    return factories.record(
+        factories.native(f"e{offset}", user or f"u{offset}", kind), topic="t", offset=offset
+    )
 
 
 def running(
