@@ -166,6 +166,12 @@ class KafkaSettings(Section):
         alias="dlq_topic",
         description="dead-letter topic; default: the first source topic + .dlq",
     )
+    retry_topic: OptionalStr = Field(
+        None,
+        alias="retry_topic",
+        description="topic the forwarder parks what cannot finish in, and reads back;"
+        " default: the first source topic + .retry",
+    )
     max_buffered_events: int = Field(
         10_000,
         alias="max_buffered_events",
@@ -186,12 +192,27 @@ class KafkaSettings(Section):
             raise ValueError("kafka_sasl_username is required with a SASL security protocol")
         if self.sasl_password is not None and self.sasl_password_file is not None:
             raise ValueError("set at most one of kafka_sasl_password and kafka_sasl_password_file")
+        own = {"retry_topic": self.retry_topic_name, "dlq_topic": self.dead_letter_topic}
+        for name, topic in own.items():
+            if topic in self.topics:
+                sources = env_name("kafka_topics")
+                raise ValueError(f"{env_name(name)}: {topic!r} is also a source topic ({sources})")
+        if self.retry_topic_name == self.dead_letter_topic:
+            raise ValueError(
+                f"{env_name('retry_topic')}: the same topic as {env_name('dlq_topic')}"
+                f" ({self.dead_letter_topic!r})"
+            )
         return self
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topics[0]}.dlq"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def retry_topic_name(self) -> str:
+        return self.retry_topic or f"{self.topics[0]}.retry"
 
 
 class SinkCommon(Section):
@@ -304,6 +325,13 @@ class RetrySettings(Section):
         gt=0,
         description="longest pause between probes while open",
     )
+    park_after_seconds: float = Field(
+        120.0,
+        alias="park_after_seconds",
+        gt=0,
+        description="how long an event may keep failing before its user's pending events"
+        " are parked in the retry topic",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> RetrySettings:
@@ -356,6 +384,13 @@ class OpsSettings(Section):
         alias="shutdown_timeout_seconds",
         ge=0,
         description="how long SIGTERM waits for sends under way",
+    )
+    topic_check_interval_seconds: float = Field(
+        30.0,
+        alias="topic_check_interval_seconds",
+        gt=0,
+        le=3600,
+        description="how often the dead-letter and retry topics are checked to exist",
     )
     metrics_host: str = Field(
         "0.0.0.0",

@@ -53,7 +53,7 @@ from forwarder.bench.workload import (
 from forwarder.sandbox.broker import SandboxBroker
 from forwarder.sandbox.process import Child, ForwarderProcess
 from forwarder.sandbox.settings import sandbox_env
-from forwarder.sandbox.topics import create_topic
+from forwarder.sandbox.topics import create_forwarder_topics
 from forwarder.sinks.legiti.client import idempotency_key
 
 SEED = 4
@@ -260,7 +260,7 @@ class Bench:
         records = list(generate(count, SEED + 1 + index, prefix=f"lat{index}-"))
         expected = sum(not r.duplicate for r in records)
         topic = _unique("bench-latency")
-        await create_topic(self.broker.bootstrap, topic, PARTITIONS)
+        await create_forwarder_topics(self.broker.bootstrap, topic, PARTITIONS)
         dump = self.log_dir / f"{name}-latency-{index}.json"
         sink = await SinkProcess(self.log_dir, recording_to=dump).start()
         try:
@@ -367,7 +367,7 @@ class Bench:
         """A forwarder in front of `events` queued records behind a tight rate limit:
         RSS is sampled while its consumer sits paused."""
         topic = _unique("bench-backlog")
-        await create_topic(self.broker.bootstrap, topic, PARTITIONS)
+        await create_forwarder_topics(self.broker.bootstrap, topic, PARTITIONS)
         produced, produce_seconds = await preload(
             self.broker.bootstrap, topic, generate(events, SEED, prefix="backlog-")
         )
@@ -433,7 +433,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         try:
             bench = Bench(options, broker, sink)
             topic = _unique("bench")
-            await create_topic(broker.bootstrap, topic, PARTITIONS)
+            await create_forwarder_topics(broker.bootstrap, topic, PARTITIONS)
             produced, produce_seconds = await preload(broker.bootstrap, topic, iter(records))
             del records
             forwarder, aiohttp, consume, naive, keepalive = [], [], [], [], []

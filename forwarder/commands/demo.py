@@ -27,7 +27,7 @@ from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
 from forwarder.sandbox.legiti import Faults, LegitiStub
 from forwarder.sandbox.samples import Samples
 from forwarder.sandbox.settings import sandbox_env
-from forwarder.sandbox.topics import Outgoing, create_topic, produce
+from forwarder.sandbox.topics import Outgoing, create_forwarder_topics, produce
 
 TOPIC = "auth-events"
 PARTITIONS = 4
@@ -111,7 +111,7 @@ def _event(rng: random.Random, index: int, user: str, action: ActionType) -> Mes
 
 
 async def _publish(bootstrap: str, plan: Plan) -> None:
-    await create_topic(bootstrap, TOPIC, PARTITIONS)
+    await create_forwarder_topics(bootstrap, TOPIC, PARTITIONS)
     records = (
         Outgoing(value, _user_key(value, headers), headers) for value, headers in plan.messages
     )

@@ -22,11 +22,14 @@ from forwarder.engine.dead_letter_writer import DeadLetterStore
 from forwarder.engine.pipeline import Pipeline
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
+from forwarder.kafka.retry_topic import KafkaRetryTopic
 from forwarder.kafka.source import KafkaSource
+from forwarder.kafka.topic_check import TopicCheck
 from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.health import HealthServer
 from forwarder.ops.logs import get_logger, register_secret
 from forwarder.ops.metrics import Metrics
+from forwarder.ops.topic_health import DEAD_LETTER, RETRY, TopicHealth
 from forwarder.runtime import install_signal_handlers
 from forwarder.sinks.base import Sink
 from forwarder.sinks.credentials import TokenError, TokenSource
@@ -101,6 +104,10 @@ class Forwarder:
         self.limits = LocalLimits()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
+        self.topics = TopicHealth(
+            self.metrics,
+            {DEAD_LETTER: settings.kafka.dead_letter_topic, RETRY: settings.kafka.retry_topic_name},
+        )
         self.health = HealthServer(
             self.metrics, self.readiness, settings.ops.metrics_host, settings.ops.metrics_port
         )
@@ -113,6 +120,8 @@ class Forwarder:
             "credentials": pipeline is not None and pipeline.gate.authorized,
             "circuit": pipeline is not None and pipeline.gate.circuit_closed,
             "sink_configuration": pipeline is not None and pipeline.gate.configured,
+            "dead_letter_topic": self.topics.writable(DEAD_LETTER),
+            "retry_topic": self.topics.writable(RETRY),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -127,6 +136,7 @@ class Forwarder:
             topics=settings.kafka.topics,
             group_id=settings.kafka.group_id,
             dead_letter_topic=settings.kafka.dead_letter_topic,
+            retry_topic=settings.kafka.retry_topic_name,
             sink=self._sink_description,
             metrics_port=self.health.port,
         )
@@ -149,11 +159,23 @@ class Forwarder:
         )
         if producer is None:
             return
+        retries = KafkaRetryTopic(producer, settings.kafka.retry_topic_name)
+        check = TopicCheck(
+            producer.client,
+            self.topics,
+            retries,
+            settings.kafka.topics,
+            settings.ops.topic_check_interval_seconds,
+        )
+        await check.check()  # before the consumer: parking needs the retry topic's size
+        checker = asyncio.create_task(check.run(stop), name="topic-check")
         try:
             pipeline = build_pipeline(
                 self.sink,
                 self._dead_letters or KafkaDeadLetters(producer, settings.kafka.dead_letter_topic),
+                retries,
                 self.metrics,
+                self.topics,
                 policy=self.policy,
                 limits=settings.limits,
                 backend=self.limits,
@@ -174,7 +196,7 @@ class Forwarder:
                 return
             source = KafkaSource(
                 consumer,
-                settings.kafka.topics,
+                [*settings.kafka.topics, retries.topic],
                 pipeline,
                 self.metrics,
                 settings.kafka.commit_interval_seconds,
@@ -196,6 +218,9 @@ class Forwarder:
                     "forwarder stopped", drained=drained, committed=pipeline.committable()
                 )
         finally:
+            checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checker
             await producer.stop()
 
     async def _watch_credentials(self, stop: asyncio.Event, pipeline: Pipeline) -> None:

@@ -43,6 +43,15 @@ class SourceRecord(NamedTuple):
     timestamp_ms: int
 
 
+class Origin(NamedTuple):
+    """Where a record was first read: a record parked in the retry topic keeps its source's
+    coordinates, so that its dead letter and its place in per-user order name the source."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 class AuthEvent(NamedTuple):
     """One `track_auth` call to make. `key` de-duplicates and becomes the Idempotency-Key."""
 

@@ -4,6 +4,12 @@ Events finish out of order (one user's retry must not hold back another user),
 but Kafka keeps one committed offset per partition. Committing only past the
 prefix in which *every* record is finished is what makes a crash lose nothing:
 whatever was not finished is read again.
+
+Two counts describe a partition, and they differ exactly when an unfinished
+record holds back finished ones behind it: `unfinished` is what is held in
+memory (the buffer bound counts it), `span` is how far the commit lags behind
+what was read (what a crash would read again; bounding it is what makes a
+record that cannot finish get parked rather than hold its partition forever).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ class PartitionOffsets:
         self._pending.append(offset)
 
     def finish(self, offset: int) -> None:
+        """Mark a tracked offset finished; finishing one twice changes nothing."""
+        if self._watermark is not None and offset < self._watermark:
+            return
         self._done.add(offset)
         pending, done = self._pending, self._done
         while pending and pending[0] in done:
@@ -46,5 +55,16 @@ class PartitionOffsets:
         return self._watermark
 
     @property
-    def outstanding(self) -> int:
+    def oldest_unfinished(self) -> int | None:
+        """The offset that holds the commit back, if any."""
+        return self._pending[0] if self._pending else None
+
+    @property
+    def unfinished(self) -> int:
+        """Records read and not yet finished: what this partition holds in memory."""
+        return len(self._pending) - len(self._done)
+
+    @property
+    def span(self) -> int:
+        """Records read since the committable offset, finished or not."""
         return len(self._pending)

@@ -3,8 +3,8 @@
 Events wait in *lanes*, one per (topic, partition, user_id); only a lane's head
 may be sent, and it stays the head while it is retried, so a user's later events
 wait for it and nobody else's do. A head whose key is already claimed by another
-event (a copy still in flight, or retrying) parks until that copy ends: if it was
-delivered the parked copy is a duplicate, if it was dead-lettered the parked copy
+event (a copy still in flight, or retrying) waits until that copy ends: if it was
+delivered the waiting copy is a duplicate, if it was dead-lettered the waiting copy
 goes out. Keys delivered earlier are found in the `DeliveredWindow`.
 
 Everything here is synchronous and clock-free: the pipeline passes `now` in and
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from forwarder.core.dedupe import DeliveredWindow
-from forwarder.core.events import TOOLS, AuthEvent, SourceRecord
+from forwarder.core.events import TOOLS, AuthEvent, Origin, SourceRecord
 from forwarder.core.offsets import PartitionOffsets
 
 Partition = tuple[str, int]
@@ -29,14 +29,26 @@ LaneKey = tuple[str, int, str]
 
 @dataclass(eq=False, slots=True)
 class Job:
-    """One decoded record on its way to Legiti."""
+    """One decoded record on its way to Legiti.
+
+    `give_up_at` is the wall-clock end of its retry budget: set at its first failure,
+    or carried over from an earlier life when the record was read from the retry
+    topic, so that re-reading a record never restarts its budget. `origin` is set for
+    a record read from the retry topic: where it was first read. `cancelled` means
+    taken out of the scheduler (its partition revoked, or its lane parked): wherever
+    it still sits in a queue it is skipped. `refused_at` is when its last send that got
+    a 401/403 was made, `refusals` how often it was refused since while others were not."""
 
     record: SourceRecord
     event: AuthEvent
     offsets: PartitionOffsets
+    origin: Origin | None = None
     attempts: int = 0
     first_failure_at: float | None = None
+    give_up_at: float | None = None
     limited_since: float | None = None
+    refused_at: float | None = None
+    refusals: int = 0
     in_flight: bool = False
     cancelled: bool = False
     seq: int = 0
@@ -51,7 +63,7 @@ class Scheduler:
         self.delivered = delivered
         self._lanes: dict[LaneKey, deque[Job]] = {}
         self._claims: dict[str, Job] = {}
-        self._parked: dict[str, deque[Job]] = {}
+        self._waiting: dict[str, deque[Job]] = {}
         self._ready: dict[str, list[tuple[int, Job]]] = {tool: [] for tool in TOOLS}
         self._retries: dict[str, list[tuple[float, int, Job]]] = {tool: [] for tool in TOOLS}
         self._sequence = itertools.count()
@@ -73,7 +85,7 @@ class Scheduler:
 
     def complete(self, job: Job, *, delivered: bool, now: float) -> list[Job]:
         """The job is finished (delivered or dead-lettered); returns jobs that thereby
-        became duplicates. Its lane moves on and parked copies of its key are settled."""
+        became duplicates. Its lane moves on and waiting copies of its key are settled."""
         job.in_flight = False
         key = job.event.key
         if delivered:
@@ -81,15 +93,15 @@ class Scheduler:
         duplicates: list[Job] = []
         if self._claims.get(key) is job:
             del self._claims[key]
-            self._settle_parked(key, now, duplicates)
+            self._settle_waiting(key, now, duplicates)
         if not job.cancelled:
             self._advance(job.lane, now, duplicates)
         return duplicates
 
-    def _settle_parked(self, key: str, now: float, duplicates: list[Job]) -> None:
-        parked = self._parked.get(key)
-        while parked:
-            waiter = parked.popleft()
+    def _settle_waiting(self, key: str, now: float, duplicates: list[Job]) -> None:
+        waiting = self._waiting.get(key)
+        while waiting:
+            waiter = waiting.popleft()
             if waiter.cancelled:
                 continue
             if self.delivered.contains(key, now):
@@ -98,8 +110,8 @@ class Scheduler:
             else:
                 self._claim(waiter)
                 break
-        if parked is not None and not parked:
-            del self._parked[key]
+        if waiting is not None and not waiting:
+            del self._waiting[key]
 
     def _advance(self, lane_key: LaneKey, now: float, duplicates: list[Job]) -> None:
         lane = self._lanes[lane_key]
@@ -120,7 +132,7 @@ class Scheduler:
                 lane.popleft()
                 continue
             if key in self._claims:
-                self._parked.setdefault(key, deque()).append(head)
+                self._waiting.setdefault(key, deque()).append(head)
                 return
             self._claim(head)
             return
@@ -168,6 +180,42 @@ class Scheduler:
         heapq.heappush(self._retries[job.event.action.tool], (when, job.seq, job))
         return []
 
+    # Parking -------------------------------------------------------------------
+
+    def lane_of(self, job: Job) -> list[Job]:
+        """The jobs of `job`'s lane, head first."""
+        return list(self._lanes.get(job.lane, ()))
+
+    def head_at(self, partition: Partition, offset: int) -> Job | None:
+        """The lane head that is this partition's record at `offset`, if one is.
+
+        A partition's oldest unfinished record, when a job holds it, is always the
+        head of its lane; this finds what holds a full partition back. It looks at
+        every lane, so it is for the rare moment a partition is full."""
+        for lane_key, lane in self._lanes.items():
+            if lane_key[:2] == partition and lane[0].record.offset == offset:
+                return lane[0]
+        return None
+
+    def evict(self, lane_key: LaneKey, now: float) -> tuple[list[Job], list[Job]]:
+        """Take a whole lane out, in order, to be parked; its head must not be in flight.
+
+        Returns the lane's jobs and the copies elsewhere that releasing the head's
+        claim on its key settled as duplicates."""
+        lane = self._lanes.pop(lane_key)
+        head = lane[0]
+        if head.in_flight:
+            self._lanes[lane_key] = lane
+            raise ValueError("the head of a lane in flight cannot be parked")
+        for job in lane:
+            job.cancelled = True
+        duplicates: list[Job] = []
+        key = head.event.key
+        if self._claims.get(key) is head:
+            del self._claims[key]
+            self._settle_waiting(key, now, duplicates)
+        return list(lane), duplicates
+
     # Rebalances ----------------------------------------------------------------
 
     def cancel(self, partitions: Iterable[Partition], now: float) -> list[Job]:
@@ -188,7 +236,7 @@ class Scheduler:
             key = job.event.key
             if not job.in_flight and self._claims.get(key) is job:
                 del self._claims[key]
-                self._settle_parked(key, now, duplicates)
+                self._settle_waiting(key, now, duplicates)
         return duplicates
 
     @property

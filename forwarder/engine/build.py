@@ -15,18 +15,22 @@ from forwarder.core.policy import ALLOW_ALL, Policy
 from forwarder.core.retry import Backoff, RetryPolicy
 from forwarder.core.scheduler import Scheduler
 from forwarder.engine.dead_letter_writer import DeadLetterStore, DeadLetterWriter
+from forwarder.engine.park_writer import ParkWriter, RetryStore
 from forwarder.engine.pipeline import Pipeline
 from forwarder.limits.backend import LimiterBackend
 from forwarder.limits.gate import SendGate
 from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.metrics import Metrics
+from forwarder.ops.topic_health import TopicHealth
 from forwarder.sinks.base import Sink
 
 
 def build_pipeline(
     sink: Sink,
     dead_letters: DeadLetterStore,
+    retries: RetryStore,
     metrics: Metrics,
+    health: TopicHealth,
     *,
     policy: Policy = ALLOW_ALL,
     limits: LimitSettings | None = None,
@@ -47,13 +51,15 @@ def build_pipeline(
     return Pipeline(
         sink,
         gate,
-        DeadLetterWriter(dead_letters, metrics, clock),
+        DeadLetterWriter(dead_letters, metrics, clock, health, retry.park_after_seconds),
+        ParkWriter(retries, metrics, health, clock),
         metrics,
         scheduler=Scheduler(DeliveredWindow(dedupe.ttl_seconds, dedupe.max_entries)),
         retry=RetryPolicy(
             retry.max_elapsed_seconds,
             Backoff(retry.initial_backoff_seconds, retry.max_backoff_seconds),
         ),
+        park_after=retry.park_after_seconds,
         policy=policy,
         cloudevent_types=CloudEventTypes(
             decode.login_success_suffix, decode.login_failure_suffix, decode.logout_suffix

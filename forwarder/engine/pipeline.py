@@ -4,30 +4,50 @@
         → dispatcher: SendGate (halts, Retry-After) → an idle sender
           → SendGate (limits, learned rate) → Sink.send → Outcome
         → delivered / retried later (RetryPolicy) / dead-lettered (DeadLetterWriter)
+          / parked in the retry topic (ParkWriter, ParkedLanes)
         → the record's offset finished
 
 Every decision is made by the pure pieces it holds (`Scheduler`, `SendGate`,
-`RetryPolicy`, `decode`); this module only moves jobs between them and owns the
-asyncio tasks. One dispatcher task makes every send decision, so no two
-coroutines ever race for a rate-limit permit.
+`RetryPolicy`, `ParkedLanes`, `decode`); this module only moves jobs between them
+and owns the asyncio tasks. One dispatcher task makes every send decision, so no
+two coroutines ever race for a rate-limit permit.
+
+What cannot finish is parked (see `core.parking`): a lane whose head has been
+failing for `park_after` seconds, or whose head holds back a partition that has
+`max_buffered` records read since its committable offset, is moved whole to the
+retry topic, unless sending is halted for everyone (an outage, refused
+credentials, a Retry-After: parking would not help and nobody is to blame).
+Records the forwarder reads back from the retry topic go through the same
+pipeline, with the budget and attempts they carry.
+
+After an assignment, a source partition's records wait until the forwarder has
+read its retry partition up to a marker it wrote there: only then does it know
+every lane of that partition that has copies parked, whose new events must be
+parked behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from forwarder.core import dead_letters as dl
+from forwarder.core import parking
 from forwarder.core.decode import CloudEventTypes, decode
-from forwarder.core.events import TOOLS, ActionType, Invalid, SourceRecord
+from forwarder.core.events import TOOLS, ActionType, AuthEvent, Invalid, Origin, SourceRecord
 from forwarder.core.offsets import PartitionOffsets
+from forwarder.core.parking import Admission, LaneKey, ParkedLanes
 from forwarder.core.policy import Policy
 from forwarder.core.retry import RetryPolicy
 from forwarder.core.scheduler import Job, Partition, Scheduler
-from forwarder.engine.dead_letter_writer import DeadLetterWriter
+from forwarder.engine.dead_letter_writer import DeadLetterWriter, Headers
+from forwarder.engine.park_writer import ParkedWrite, ParkWriter
 from forwarder.limits.gate import SendGate, Ticket
 from forwarder.ops.logs import RepeatSuppressor, event_fields, get_logger
 from forwarder.ops.metrics import Metrics, Tally
@@ -43,6 +63,18 @@ from forwarder.sinks.outcome import (
 )
 
 WARNING_PERIOD = 10.0
+RESUME_FRACTION = 0.5
+REFUSALS_ON_ITS_OWN = 2
+"""An event refused (401/403) again this many times, each time after the credentials
+were accepted for another event sent no earlier than its previous refused send, is
+dead-lettered on its own instead of halting every send again."""
+PROBE_LEAD = 0.05
+MARKER_PATIENCE = 10.0
+"""How long a retry-partition marker may take to write before the source partitions
+waiting for it go ahead without it."""
+MARKER_READ_PATIENCE = 60.0
+"""How long after it was written a marker may take to be read back (a consumer that
+starts at the end of a new group's retry partition never reads it)."""
 
 
 class Pipeline:
@@ -51,10 +83,12 @@ class Pipeline:
         sink: Sink,
         gate: SendGate,
         dead_letters: DeadLetterWriter,
+        parker: ParkWriter,
         metrics: Metrics,
         *,
         scheduler: Scheduler,
         retry: RetryPolicy,
+        park_after: float,
         policy: Policy,
         cloudevent_types: CloudEventTypes,
         max_in_flight: int,
@@ -65,6 +99,17 @@ class Pipeline:
         self._sink = sink
         self.gate = gate
         self._dead_letters = dead_letters
+        self._parker = parker
+        self._retry_topic = parker.store.topic
+        self._park_after = park_after
+        self._parked: ParkedLanes[Job] = ParkedLanes()
+        self._holds: dict[Partition, str] = {}
+        self._held: dict[Partition, list[SourceRecord]] = {}
+        self._markers = (f"{uuid.uuid4().hex[:12]}-{number}" for number in itertools.count())
+        self._marker_timers: dict[str, asyncio.TimerHandle] = {}
+        self._full: set[Partition] = set()
+        self._all_full = False
+        self._last_delivered_sent_at = float("-inf")
         self._metrics = metrics
         self._scheduler = scheduler
         self._retry_policy = retry
@@ -81,6 +126,7 @@ class Pipeline:
         self._in_flight = 0
         metrics.in_flight.set_function(lambda: self._in_flight)
         metrics.users_waiting.set_function(lambda: scheduler.lanes)
+        metrics.users_parked.set_function(lambda: len(self._parked))
         self._requests_by_code: dict[str, Tally] = {}
         self._forwarded_by_action = {
             action: metrics.forwarded.labels(action_type=action.value) for action in ActionType
@@ -110,6 +156,9 @@ class Pipeline:
         pending dead-letter writes. Returns False if the timeout cut it short."""
         self._dispatching = False
         self._wake.set()
+        for timer in self._marker_timers.values():
+            timer.cancel()
+        self._marker_timers.clear()
         if self._dispatcher is not None:
             await self._dispatcher
         for handoff in self._idle:
@@ -118,10 +167,11 @@ class Pipeline:
         self._idle.clear()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        # An answer that comes in meanwhile may start a dead-letter write: wait for it too.
+        # An answer that comes in meanwhile may start a dead-letter or park write: wait for it.
         while (
             pending := {task for task in self._senders if not task.done()}
             | self._dead_letters.pending
+            | self._parker.pending
         ):
             remaining = deadline - loop.time()
             if remaining > 0:
@@ -136,15 +186,28 @@ class Pipeline:
     # Partitions and offsets ------------------------------------------------------
 
     def assign(self, partitions: Iterable[Partition]) -> None:
-        for partition in partitions:
+        assigned = list(partitions)
+        new = [partition for partition in assigned if partition not in self._partitions]
+        for partition in assigned:
             self._partitions.setdefault(partition, PartitionOffsets())
+        self._hold_until_markers(new)
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
-        revoked = [p for p in partitions if p in self._partitions]
+        revoked = {p for p in partitions if p in self._partitions}
         for partition in revoked:
             del self._partitions[partition]
+            self._holds.pop(partition, None)
+            self._held.pop(partition, None)
+            self._full.discard(partition)
         for job in self._scheduler.cancel(revoked, self._clock()):
             self._finish_duplicate(job)
+        self._parker.drop(revoked.__contains__)
+        retry_topic = self._retry_topic
+        for job in self._parked.forget(
+            lambda lane, r: lane[:2] in revoked or (retry_topic, r) in revoked
+        ):
+            if job.lane[:2] not in revoked:
+                self._schedule(job)
         self._wake.set()
 
     def committable(self) -> dict[Partition, int]:
@@ -157,16 +220,55 @@ class Pipeline:
 
     @property
     def buffered(self) -> int:
-        return sum(offsets.outstanding for offsets in self._partitions.values())
+        """Records read and not yet finished: what the pipeline holds in memory."""
+        return sum(offsets.unfinished for offsets in self._partitions.values())
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
-    def should_pause(self) -> bool:
+    def partitions_to_pause(self) -> set[Partition]:
+        """The partitions not to fetch from now, asked before every poll.
+
+        All of them while `max_buffered` records are held in memory (until half of
+        that is free again); one whose commit lags `max_buffered` records behind
+        what was read (until half of that is committable), after parking its
+        oldest record's lane if that one is failing; and those waiting for their
+        retry partition's marker. A retry partition that one waits for is never
+        paused: reading it is what ends the wait."""
         buffered = self.buffered
         self._metrics.buffered.set(buffered)
-        return buffered >= self.max_buffered
+        limit, resume = self.max_buffered, self.max_buffered * RESUME_FRACTION
+        if self._all_full:
+            self._all_full = buffered > resume
+        else:
+            self._all_full = buffered >= limit
+        now = self._clock()
+        for partition, offsets in self._partitions.items():
+            span = offsets.span
+            if span >= limit:
+                self._full.add(partition)
+                self._relieve(partition, offsets, now)
+            elif span <= resume:
+                self._full.discard(partition)
+        paused = set(self._partitions) if self._all_full else set(self._full)
+        paused.update(self._holds)
+        if self._holds:
+            paused -= self._awaited_retry_partitions()
+        return paused
+
+    def _relieve(self, partition: Partition, offsets: PartitionOffsets, now: float) -> None:
+        oldest = offsets.oldest_unfinished
+        if oldest is None:
+            return
+        job = self._scheduler.head_at(partition, oldest)
+        if (
+            job is not None
+            and job.first_failure_at is not None
+            and not job.in_flight
+            and self._may_park(job, now)
+        ):
+            self._park_lane(job, parking.BUFFER_FULL, now)
 
     # Intake -------------------------------------------------------------------------
 
@@ -187,22 +289,344 @@ class Pipeline:
             )
             offsets = self._partitions[partition] = PartitionOffsets()
             offsets.track(record.offset)
-        self._metrics.consumed.inc()
+        if record.topic != self._retry_topic:
+            self._metrics.consumed.inc()
+        if self._holds and partition in self._holds:
+            self._held[partition].append(record)
+            return
+        self._admit(record, offsets)
+
+    def _admit(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+        if record.topic == self._retry_topic:
+            self._admit_parked(record, offsets)
+            return
+        event = self._event(record, offsets, None, 0)
+        if event is None:
+            return
+        job = Job(record, event, offsets)
+        if self._parked:
+            admission = self._parked.from_source(job.lane)
+            if admission is Admission.PARK:
+                self._park_jobs([job], parking.FOLLOWS_PARKED)
+                return
+            if admission is Admission.HOLD:
+                self._parked.hold(job.lane, job)
+                return
+        self._schedule(job)
+
+    def _event(
+        self, record: SourceRecord, offsets: PartitionOffsets, origin: Origin | None, attempts: int
+    ) -> AuthEvent | None:
+        """The record's event, or None when it was dead-lettered instead."""
         decoded = decode(record.value, record.headers, self._types)
         if isinstance(decoded, Invalid):
-            self._dead_letter(record, offsets, decoded.reason, decoded.detail, 0, None)
-            return
+            self._dead_letter(
+                record, offsets, decoded.reason, decoded.detail, attempts, None, origin=origin
+            )
+            return None
         tool = decoded.action.tool
         policy = self._policy.for_tool(tool)
         if not policy.allowed or tool in self._denied_tools:
             reason = policy.reason if not policy.allowed else "the gateway denied it"
             detail = f"{tool} is denied by the policy: {reason}"
-            self._dead_letter(record, offsets, dl.DENIED_BY_POLICY, detail, 0, decoded.key)
-            return
-        job = Job(record, decoded, offsets)
+            self._dead_letter(
+                record, offsets, dl.DENIED_BY_POLICY, detail, attempts, decoded.key, origin=origin
+            )
+            return None
+        return decoded
+
+    def _schedule(self, job: Job) -> None:
         for duplicate in self._scheduler.admit(job, self._clock()):
             self._finish_duplicate(duplicate)
         self._wake.set()
+
+    def _admit_parked(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+        """A record read back from the retry topic: a marker, a parked dead letter, or
+        a parked event that goes on with the budget and attempts it carries."""
+        if parking.is_marker(record):
+            offsets.finish(record.offset)
+            for name, value in record.headers:
+                if name == parking.MARKER:
+                    self._release_marker(value.decode("utf-8", "replace"))
+            return
+        copy = parking.read_parked(record)
+        if copy is not None and copy.dead_letter:
+            headers = parking.dead_letter_headers_of(list(record.headers))
+            reason = dict(headers).get("x-forwarder-error-reason", b"").decode()
+            self._dead_letters.write_as(
+                record,
+                headers,
+                reason,
+                "parked dead letter read back",
+                None,
+                on_written=partial(offsets.finish, record.offset),
+                on_unwritable=partial(self._park_dead_letter, record, offsets),
+            )
+            return
+        origin = copy.origin if copy is not None else None
+        attempts = copy.attempts if copy is not None else 0
+        event = self._event(record, offsets, origin, attempts)
+        if event is None:
+            return
+        job = Job(
+            record,
+            event,
+            offsets,
+            origin=origin or Origin(record.topic, record.partition, record.offset),
+            attempts=attempts,
+            give_up_at=copy.give_up_at if copy is not None else None,
+        )
+        lane = self._source_lane(job)
+        if self._parked.from_retry(lane, record.partition, record.offset) is Admission.PARK:
+            self._park_jobs([job], parking.FOLLOWS_PARKED)
+        else:
+            self._schedule(job)
+        self._release_held(lane)
+
+    # Parking -------------------------------------------------------------------------
+
+    @staticmethod
+    def _source_lane(job: Job) -> LaneKey:
+        origin = job.origin
+        if origin is None:
+            return job.lane
+        return (origin.topic, origin.partition, job.event.user_id)
+
+    def _may_park(self, job: Job, now: float) -> bool:
+        """Not while sending is halted for everyone, and not without a retry partition."""
+        if self.gate.wait(now) > 0 or not self.gate.circuit_closed:
+            return False
+        return job.origin is not None or self._parker.store.partitions is not None
+
+    def _park_lane(self, job: Job, reason: str, now: float) -> bool:
+        """Park the lane whose head is `job`, whose answer is in; False if it cannot be
+        parked just now (a copy of its lane still on its way to the retry topic)."""
+        if job.origin is not None and not all(
+            self._parked.may_park_again(self._source_lane(each))
+            for each in self._scheduler.lane_of(job)
+        ):
+            return False
+        job.in_flight = False
+        jobs, duplicates = self._scheduler.evict(job.lane, now)
+        self._park_jobs(jobs, reason, from_lane=True)
+        for duplicate in duplicates:
+            self._finish_duplicate(duplicate)
+        suppressed = self._lines.allow(f"park:{reason}", now)
+        if suppressed is not None:
+            self._log.warning(
+                "user parked: events moved to the retry topic",
+                reason=reason,
+                events=len(jobs),
+                suppressed=suppressed,
+                **self._fields(job),
+            )
+        self._wake.set()
+        return True
+
+    def _park_jobs(self, jobs: list[Job], reason: str, *, from_lane: bool = False) -> None:
+        """Write jobs to the retry topic in order; each offset is finished once stored.
+        `from_lane`: they were taken out of a lane (read back, they had counted as such)."""
+        partitions = self._parker.store.partitions
+        for job in jobs:
+            lane = self._source_lane(job)
+            if job.origin is None:
+                assert partitions is not None  # checked by _may_park before the first park
+                retry_partition = parking.retry_partition(job.record.partition, partitions)
+                origin = Origin(job.record.topic, job.record.partition, job.record.offset)
+            else:
+                retry_partition, origin = job.record.partition, job.origin
+                if from_lane:
+                    self._parked.parking_again(lane)
+            job.cancelled = True
+            self._parked.writing(lane, retry_partition)
+            headers = parking.parked_headers(
+                job.record,
+                origin,
+                reason=reason,
+                attempts=job.attempts,
+                give_up_at=job.give_up_at,
+            )
+            self._parker.write(
+                lane,
+                ParkedWrite(
+                    retry_partition,
+                    job.record,
+                    headers,
+                    reason,
+                    (job.record.topic, job.record.partition),
+                    on_written=partial(self._parked_stored, job, lane),
+                    on_too_large=partial(self._park_too_large, job, lane),
+                ),
+            )
+
+    def _parked_stored(self, job: Job, lane: LaneKey, offset: int) -> None:
+        self._parked.written(lane, offset)
+        job.offsets.finish(job.record.offset)
+        self._parked.settle(lane)
+
+    def _park_too_large(self, job: Job, lane: LaneKey) -> None:
+        self._parked.written(lane, None)
+        self._dead_letter(
+            job.record,
+            job.offsets,
+            dl.RETRIES_EXHAUSTED,
+            "could not be delivered, and is too large for the retry topic to be parked",
+            job.attempts,
+            job.event.key,
+            origin=job.origin,
+        )
+        self._parked.settle(lane)
+
+    def _release_held(self, lane: LaneKey) -> None:
+        released = self._parked.releasable(lane)
+        if released:
+            self._park_jobs(released, parking.FOLLOWS_PARKED)
+
+    def _left_retry_topic(self, job: Job) -> None:
+        """A job read back from the retry topic is finished: its lane may be unparked."""
+        lane = self._source_lane(job)
+        self._parked.left(lane)
+        self._parked.settle(lane)
+
+    def _park_dead_letter(
+        self, record: SourceRecord, offsets: PartitionOffsets, tried: SourceRecord, headers: Headers
+    ) -> None:
+        """A dead letter that cannot be written goes to the retry topic, and is written
+        to the dead-letter topic again when it is read back."""
+        partitions = self._parker.store.partitions
+        if record.topic == self._retry_topic:
+            retry_partition: int | None = record.partition
+        elif partitions is not None:
+            retry_partition = parking.retry_partition(record.partition, partitions)
+        else:
+            retry_partition = None
+        if retry_partition is None:  # nowhere to park it: keep trying the dead-letter topic
+            self._rewrite_dead_letter(record, offsets, tried, headers)
+            return
+        self._parker.write(
+            ("dead letters", record.topic, record.partition),
+            ParkedWrite(
+                retry_partition,
+                tried,
+                parking.parked_dead_letter_headers(headers),
+                parking.DEAD_LETTER,
+                (record.topic, record.partition),
+                on_written=lambda _offset: offsets.finish(record.offset),
+                on_too_large=partial(self._rewrite_dead_letter, record, offsets, tried, headers),
+            ),
+        )
+
+    def _rewrite_dead_letter(
+        self, record: SourceRecord, offsets: PartitionOffsets, tried: SourceRecord, headers: Headers
+    ) -> None:
+        reason = dict(headers).get("x-forwarder-error-reason", b"").decode()
+        self._dead_letters.write_as(
+            tried,
+            headers,
+            reason,
+            "dead letter written again",
+            None,
+            on_written=partial(offsets.finish, record.offset),
+            on_unwritable=partial(self._park_dead_letter, record, offsets),
+        )
+
+    # Markers ----------------------------------------------------------------------
+
+    def _hold_until_markers(self, new: list[Partition]) -> None:
+        """Hold newly assigned source partitions, and those whose retry partition is
+        newly assigned, until a marker written now to that retry partition is read back."""
+        partitions = self._parker.store.partitions
+        if partitions is None or not new:
+            return
+        retry_topic = self._retry_topic
+        new_retry = {p for t, p in new if t == retry_topic}
+        owned_retry = {p for t, p in self._partitions if t == retry_topic}
+        new_source = set(new)
+        markers: dict[int, str] = {}
+        for source in self._partitions:
+            if source[0] == retry_topic:
+                continue
+            retry_partition = parking.retry_partition(source[1], partitions)
+            if source not in new_source and retry_partition not in new_retry:
+                continue
+            if retry_partition not in owned_retry:
+                self._log.warning(
+                    "retry partition consumed by another member: per-user order of parked"
+                    " events is not kept for this partition (give the retry topic as many"
+                    " partitions as the source topic)",
+                    topic=source[0],
+                    partition=source[1],
+                    retry_partition=retry_partition,
+                )
+                continue
+            marker = markers.get(retry_partition)
+            if marker is None:
+                marker = markers[retry_partition] = next(self._markers)
+                self._write_marker(retry_partition, marker)
+            self._holds[source] = marker
+            self._held.setdefault(source, [])
+
+    def _write_marker(self, retry_partition: int, marker: str) -> None:
+        headers = [(parking.MARKER, marker.encode())]
+        record = SourceRecord(self._retry_topic, retry_partition, -1, None, marker.encode(), (), 0)
+        self._parker.write(
+            ("marker", retry_partition),
+            ParkedWrite(
+                retry_partition,
+                record,
+                headers,
+                None,
+                (self._retry_topic, retry_partition),
+                on_written=lambda _offset: self._marker_written(marker),
+                on_too_large=partial(self._release_marker, marker),
+                patience=MARKER_PATIENCE,
+                on_given_up=partial(self._marker_not_written, marker),
+            ),
+        )
+
+    def _marker_written(self, marker: str) -> None:
+        if marker in self._holds.values():
+            self._marker_timers[marker] = asyncio.get_running_loop().call_later(
+                MARKER_READ_PATIENCE, self._marker_unread, marker
+            )
+
+    def _marker_unread(self, marker: str) -> None:
+        self._log.warning(
+            "a marker written to the retry topic was not read back in time; reading the"
+            " source partitions without it (a parked user's new events may overtake its"
+            " parked ones)"
+        )
+        self._release_marker(marker)
+
+    def _marker_not_written(self, marker: str) -> None:
+        self._log.warning(
+            "cannot write a marker to the retry topic; reading the source partitions"
+            " without waiting for it (a parked user's new events may overtake its parked ones)"
+        )
+        self._release_marker(marker)
+
+    def _release_marker(self, marker: str) -> None:
+        timer = self._marker_timers.pop(marker, None)
+        if timer is not None:
+            timer.cancel()
+        for source, awaited in list(self._holds.items()):
+            if awaited != marker:
+                continue
+            del self._holds[source]
+            offsets = self._partitions.get(source)
+            for record in self._held.pop(source, []):
+                if offsets is not None:
+                    self._admit(record, offsets)
+        self._wake.set()
+
+    def _awaited_retry_partitions(self) -> set[Partition]:
+        partitions = self._parker.store.partitions
+        if partitions is None:
+            return set()
+        return {
+            (self._retry_topic, parking.retry_partition(source[1], partitions))
+            for source in self._holds
+        }
 
     # Dispatch -------------------------------------------------------------------------
 
@@ -322,14 +746,20 @@ class Pipeline:
         self._metrics.sink_duration.observe(now - ticket.sent_at)
         job.attempts += 1
         self.gate.observe(outcome, ticket, now, self._in_flight)
+        probe = ticket.probes_credentials or ticket.probes_circuit or ticket.probes_configuration
         if isinstance(outcome, Delivered):
+            self._last_delivered_sent_at = max(self._last_delivered_sent_at, ticket.sent_at)
             self._delivered(job, now)
         elif isinstance(outcome, Retry):
-            self._retry(job, outcome, now)
-        elif isinstance(outcome, Unauthorized | Misconfigured):
-            # Not the event's fault: it waits, attempt uncounted, behind the gate's halt.
+            self._retry(job, outcome, now, self._after_next_probe(now) if probe else 0.0)
+        elif isinstance(outcome, Unauthorized):
+            # Normally not the event's fault: it waits, attempt uncounted, behind the halt.
             job.attempts -= 1
-            self._retry_at(job, now)
+            if not self._refused_on_its_own(job, outcome, ticket):
+                self._retry_at(job, now + self._after_next_probe(now))
+        elif isinstance(outcome, Misconfigured):
+            job.attempts -= 1
+            self._retry_at(job, now + (self._after_next_probe(now) if probe else 0.0))
         elif isinstance(outcome, Denied):
             self._denied_tools.add(job.event.action.tool)
             self._fail(job, dl.DENIED_BY_POLICY, outcome.detail)
@@ -338,6 +768,33 @@ class Pipeline:
 
     # Outcomes ------------------------------------------------------------------------
 
+    def _after_next_probe(self, now: float) -> float:
+        """How long a job that just failed as a probe, or opened a halt, waits: until just
+        after the next probe may go. The probe is then another waiting job, if there is
+        one, so that an event failing for reasons of its own is not probed again and
+        again while the halt stays shut for everyone."""
+        halted = self.gate.wait(now)
+        return (halted if halted != float("inf") else 0.0) + PROBE_LEAD
+
+    def _refused_on_its_own(self, job: Job, outcome: Unauthorized, ticket: Ticket) -> bool:
+        """Dead-letter an event that keeps being refused while the same credentials are
+        accepted for others; True if it was. A refusal counts when an event sent no
+        earlier than the previous refused send was delivered: the credentials worked
+        then. Waiting past the next probe after each refusal, the event is not that
+        probe while others wait, so it is the others that prove the credentials."""
+        if job.refused_at is not None and self._last_delivered_sent_at >= job.refused_at:
+            job.refusals += 1
+        job.refused_at = ticket.sent_at
+        if job.refusals < REFUSALS_ON_ITS_OWN:
+            return False
+        detail = (
+            f"refused ({outcome.code}: {outcome.detail}) {job.refusals} times while the"
+            " same credentials were accepted for other events"
+        )
+        status = int(outcome.code) if outcome.code.isdigit() else None
+        self._fail(job, dl.REJECTED, detail, status)
+        return True
+
     def _delivered(self, job: Job, now: float) -> None:
         self._forwarded_by_action[job.event.action].inc()
         latency = self._wall() - job.record.timestamp_ms / 1000.0
@@ -345,22 +802,43 @@ class Pipeline:
         if self._log.is_enabled_for(logging.DEBUG):  # the fields cost more than the no-op call
             self._log.debug("event forwarded", **self._fields(job), attempts=job.attempts)
         duplicates = self._scheduler.complete(job, delivered=True, now=now)
-        self._finish(job.record, job.offsets, job.cancelled)
+        self._finish(job)
         for duplicate in duplicates:
             self._finish_duplicate(duplicate)
 
-    def _retry(self, job: Job, outcome: Retry, now: float) -> None:
+    def _retry(self, job: Job, outcome: Retry, now: float, at_least: float) -> None:
+        """Retry later (not sooner than `at_least` seconds), give up (dead letter), or
+        park the lane.
+
+        The budget is a wall-clock deadline set at the first failure (or carried in
+        from the retry topic), so reading the record again never restarts it."""
         if job.first_failure_at is None:
             job.first_failure_at = now
-        failing_for = now - job.first_failure_at
+        limit = self._retry_policy.max_elapsed
+        wall = self._wall()
+        if limit and job.give_up_at is None:
+            job.give_up_at = wall + limit
+        if job.give_up_at is not None:
+            failing_for = limit - (job.give_up_at - wall)
+        else:
+            failing_for = now - job.first_failure_at
         delay = self._retry_policy.delay(job.attempts, failing_for, outcome.retry_after)
         if delay is None:
-            detail = (
-                f"gave up after {job.attempts} attempts in {failing_for:.0f}s;"
-                f" last: {outcome.detail}"
-            )
+            detail = f"gave up after {job.attempts} attempts; last: {outcome.detail}"
             self._fail(job, dl.RETRIES_EXHAUSTED, detail)
             return
+        if not outcome.throttled and self._may_park(job, now):
+            offsets = job.offsets
+            if now - job.first_failure_at >= self._park_after:
+                reason: str | None = parking.STUCK
+            elif offsets.span >= self.max_buffered and offsets.oldest_unfinished == (
+                job.record.offset
+            ):
+                reason = parking.BUFFER_FULL
+            else:
+                reason = None
+            if reason is not None and self._park_lane(job, reason, now):
+                return
         self._metrics.retries.inc()
         self._log.debug(
             "send failed; will retry",
@@ -377,7 +855,7 @@ class Pipeline:
                 suppressed=suppressed,
                 **self._fields(job),
             )
-        self._retry_at(job, now + delay)
+        self._retry_at(job, now + max(delay, at_least))
 
     def _retry_at(self, job: Job, when: float) -> None:
         for duplicate in self._scheduler.retry_at(job, when):
@@ -398,8 +876,18 @@ class Pipeline:
         duplicates = self._scheduler.complete(job, delivered=False, now=self._clock())
         if not job.cancelled:
             self._dead_letter(
-                job.record, job.offsets, reason, detail, job.attempts, job.event.key, status, body
+                job.record,
+                job.offsets,
+                reason,
+                detail,
+                job.attempts,
+                job.event.key,
+                status,
+                body,
+                origin=job.origin,
             )
+            if job.origin is not None:
+                self._left_retry_topic(job)
         for duplicate in duplicates:
             self._finish_duplicate(duplicate)
 
@@ -409,12 +897,14 @@ class Pipeline:
         self._metrics.duplicates.inc()
         if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug("duplicate event not sent again", **self._fields(job))
-        self._finish(job.record, job.offsets, job.cancelled)
+        self._finish(job)
 
-    @staticmethod
-    def _finish(record: SourceRecord, offsets: PartitionOffsets, cancelled: bool) -> None:
-        if not cancelled:
-            offsets.finish(record.offset)
+    def _finish(self, job: Job) -> None:
+        if job.cancelled:
+            return
+        job.offsets.finish(job.record.offset)
+        if job.origin is not None:
+            self._left_retry_topic(job)
 
     def _dead_letter(
         self,
@@ -426,8 +916,10 @@ class Pipeline:
         key: str | None,
         status: int | None = None,
         body: bytes | None = None,
+        *,
+        origin: Origin | None = None,
     ) -> None:
-        """The offset is finished only once the dead letter is stored."""
+        """The offset is finished only once the dead letter is stored (or parked)."""
         self._dead_letters.write(
             record,
             reason,
@@ -436,7 +928,9 @@ class Pipeline:
             key=key,
             status=status,
             body=body,
-            on_written=lambda: offsets.finish(record.offset),
+            origin=origin,
+            on_written=partial(offsets.finish, record.offset),
+            on_unwritable=partial(self._park_dead_letter, record, offsets),
         )
 
     @staticmethod

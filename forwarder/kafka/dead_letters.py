@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from forwarder.core.events import SourceRecord
+from forwarder.kafka.writes import produce
 
 
 class KafkaDeadLetters:
@@ -15,6 +16,4 @@ class KafkaDeadLetters:
         self.topic = topic
 
     async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
-        await self._producer.send_and_wait(
-            self.topic, value=record.value, key=record.key, headers=headers
-        )
+        await produce(self._producer, self.topic, record, headers)

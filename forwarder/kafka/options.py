@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.helpers import create_ssl_context
 
 from forwarder import __version__
@@ -62,7 +64,12 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 def consumer_options(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
     """The forwarder's consumer; `group_id` replaces the configured group for a tool that
-    reads as a group of its own (a dead-letter replay)."""
+    reads as a group of its own (a dead-letter replay).
+
+    The range assignor gives partition N of every topic to the same member when the
+    topics have as many partitions, which keeps a source partition and the retry
+    partition its parked events go to in one forwarder (`core.parking`). Round robin,
+    the earlier strategy, stays listed so that a rolling upgrade can form a group."""
     return {
         **client_options(kafka),
         "group_id": group_id or kafka.group_id,
@@ -74,6 +81,7 @@ def consumer_options(kafka: KafkaSettings, group_id: str | None = None) -> dict[
         "max_poll_interval_ms": kafka.max_poll_interval_ms,
         "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
         "isolation_level": "read_committed",
+        "partition_assignment_strategy": (RangePartitionAssignor, RoundRobinPartitionAssignor),
     }
 
 

@@ -2,7 +2,8 @@
 
 The poll loop never blocks on the sink. When the pipeline is full (in-flight
 bound, rate limits, an outage or bad credentials all end up there) the
-partitions are paused and `getmany` keeps being called, which returns nothing
+partitions are paused (only those whose commit lags, when that is the problem)
+and `getmany` keeps being called, which returns nothing
 but tells the group coordinator this member is alive: waiting can last hours
 without exceeding `max_poll_interval_ms` or triggering a rebalance.
 """
@@ -23,7 +24,6 @@ from forwarder.ops.logs import RepeatSuppressor, get_logger
 from forwarder.ops.metrics import Metrics
 
 POLL_TIMEOUT_MS = 100
-RESUME_FRACTION = 0.5
 
 
 def to_record(message: Any) -> SourceRecord:
@@ -64,7 +64,6 @@ class KafkaSource:
         self._commit_interval = commit_interval
         self._committed: dict[tuple[str, int], int] = {}
         self._commit_lock = asyncio.Lock()
-        self._paused = False
         self._log = get_logger("forwarder.kafka.source")
         self._throttle = RepeatSuppressor(30.0)
         self.in_group = False
@@ -102,18 +101,15 @@ class KafkaSource:
         return max(1, self._pipeline.max_buffered - self._pipeline.buffered)
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
-        full = self._pipeline.should_pause()
-        if full and not self._paused:
-            self._paused = True
-            self._log.debug("pipeline full; partitions paused", buffered=self._pipeline.buffered)
-        elif self._paused and self._pipeline.buffered <= (
-            self._pipeline.max_buffered * RESUME_FRACTION
-        ):
-            self._paused = False
-            consumer.resume(*consumer.assignment())
-        if self._paused:
-            # New assignments arrive unpaused; pausing all every round covers them.
-            consumer.pause(*consumer.assignment())
+        """Pause what the pipeline says to, per partition, every round (new assignments
+        arrive unpaused), and resume the rest."""
+        paused = self._pipeline.partitions_to_pause()
+        held: list[TopicPartition] = []
+        free: list[TopicPartition] = []
+        for tp in consumer.assignment():
+            (held if (tp.topic, tp.partition) in paused else free).append(tp)
+        consumer.pause(*held)
+        consumer.resume(*free)
 
     # Offsets --------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 from forwarder import __version__
 from forwarder.core.dead_letters import REASONS
 from forwarder.core.events import ActionType
+from forwarder.core.parking import PARK_REASONS
 
 # `*_created` series double the exposition for no operational use.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -226,6 +227,23 @@ class Metrics:
             "Users with events consumed and not yet finished (one lane each).",
             registry=r,
         )
+        self.parked = Counter(
+            "forwarder_events_parked",
+            "Records written to the retry topic because they could not finish, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.users_parked = Gauge(
+            "forwarder_users_parked",
+            "Users (per source partition) with events in the retry topic not yet finished.",
+            registry=r,
+        )
+        self.topic_writable = Gauge(
+            "forwarder_topic_writable",
+            "1 while the forwarder's own topic (role dead_letter or retry) can be written.",
+            ["role"],
+            registry=r,
+        )
         self.commits = Counter(
             "forwarder_offset_commits", "Offset commits, by result.", ["result"], registry=r
         )
@@ -239,3 +257,5 @@ class Metrics:
             self.forwarded.labels(action_type=action.value)
         for reason in REASONS:
             self.dead_lettered.labels(reason=reason)
+        for reason in PARK_REASONS:
+            self.parked.labels(reason=reason)

@@ -21,7 +21,7 @@ def sandbox_env(
     bootstrap: str, topics: str, legiti_url: str, **overrides: str | int | float
 ) -> dict[str, str]:
     """FORWARDER_* variables for a forwarder between the sandbox broker and a Legiti
-    stand-in: fast group joins, frequent commits and short retry backoffs, so that
+    stand-in: fast group joins, frequent commits and topic checks, and short retry backoffs, so that
     what a test or the demo waits for happens in fractions of a second.
 
     `topics` is comma-separated, as FORWARDER_KAFKA_TOPICS; the consumer group is named
@@ -39,6 +39,7 @@ def sandbox_env(
         "metrics_host": "127.0.0.1",
         "metrics_port": 0,
         "commit_interval_seconds": 0.2,
+        "topic_check_interval_seconds": 1.0,
         "retry_initial_backoff_seconds": 0.05,
         "retry_max_backoff_seconds": 0.5,
         **overrides,

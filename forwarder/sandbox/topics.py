@@ -22,13 +22,27 @@ class Outgoing:
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    await create_topics(bootstrap, [name], partitions)
+    return name
+
+
+async def create_forwarder_topics(bootstrap: str, name: str, partitions: int = 1) -> str:
+    """A source topic with the dead-letter and retry topics a forwarder reading it uses by
+    default (`<name>.dlq`, `<name>.retry`), as an operator creates them: the forwarder is
+    not ready without them, and the retry topic has as many partitions as the source."""
+    await create_topics(bootstrap, [name, f"{name}.dlq", f"{name}.retry"], partitions)
+    return name
+
+
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+        )
     finally:
         await admin.close()
-    return name
 
 
 async def produce(

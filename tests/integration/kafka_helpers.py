@@ -18,6 +18,7 @@ from forwarder.config import Settings, load_settings
 from forwarder.sandbox.samples import Samples
 from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import Outgoing
+from forwarder.sandbox.topics import create_forwarder_topics as create_forwarder_topics
 from forwarder.sandbox.topics import create_topic as create_topic
 from forwarder.sandbox.topics import produce as produce_records
 

@@ -20,7 +20,7 @@ from forwarder.sandbox.process import ForwarderProcess
 from forwarder.sandbox.settings import sandbox_env
 from tests.conftest import eventually, wait_until
 from tests.factories import native_series
-from tests.integration.kafka_helpers import committed, create_topic, produce, unique
+from tests.integration.kafka_helpers import committed, create_forwarder_topics, produce, unique
 
 
 def keys(stub) -> list[str]:
@@ -28,16 +28,19 @@ def keys(stub) -> list[str]:
 
 
 def assigned(forwarder: ForwarderProcess) -> list[str] | None:
-    """The partitions of the last `partitions assigned` log line, None before any."""
+    """The source partitions of the last `partitions assigned` log line (the retry topic's
+    left out), None before any."""
     lines = forwarder.events("partitions assigned")
-    return lines[-1]["partitions"] if lines else None
+    if not lines:
+        return None
+    return [p for p in lines[-1]["partitions"] if ".retry-" not in str(p)]
 
 
 async def test_kill_9_mid_stream_loses_nothing_and_resends_about_a_second(
     broker, legiti, tmp_path
 ) -> None:
     total, crash_at, max_in_flight, commit_interval = 1500, 1000, 3, 0.5
-    topic = await create_topic(broker.bootstrap, unique("kill9"), partitions=4)
+    topic = await create_forwarder_topics(broker.bootstrap, unique("kill9"), partitions=4)
     await produce(broker.bootstrap, topic, native_series("k", total, users=100))
     # At most max_in_flight / latency = 300 events/s, however fast the machine: the
     # bound below scales with the rate, so a slow rate keeps the test discriminating.
@@ -91,7 +94,7 @@ async def test_sigterm_drains_in_flight_commits_finished_prefix_and_exits_0(
     broker, legiti, tmp_path
 ) -> None:
     total, users, max_in_flight, shutdown_timeout = 120, 8, 8, 5.0
-    topic = await create_topic(broker.bootstrap, unique("drain"), partitions=1)
+    topic = await create_forwarder_topics(broker.bootstrap, unique("drain"), partitions=1)
     await produce(broker.bootstrap, topic, native_series("d", total, users=users))
     legiti.faults.latency = 0.5
     env = sandbox_env(
@@ -177,7 +180,9 @@ class Stream:
 
 async def test_rebalance_between_two_processes_loses_nothing(broker, legiti, tmp_path) -> None:
     max_in_flight, partitions = 8, 4
-    topic = await create_topic(broker.bootstrap, unique("rebalance"), partitions=partitions)
+    topic = await create_forwarder_topics(
+        broker.bootstrap, unique("rebalance"), partitions=partitions
+    )
     legiti.faults.latency = 0.01
     env = sandbox_env(broker.bootstrap, topic, legiti.url, max_in_flight=max_in_flight)
     group = env["FORWARDER_KAFKA_GROUP_ID"]
@@ -263,7 +268,7 @@ async def test_unreachable_broker_at_start_waits_then_forwards(legiti, tmp_path)
         assert "Traceback" not in forwarder.output()
 
         with SandboxBroker(port=port) as late:
-            await create_topic(late.bootstrap, topic, partitions=2)
+            await create_forwarder_topics(late.bootstrap, topic, partitions=2)
             await forwarder.wait_ready(within=40)
             await produce(late.bootstrap, topic, native_series("late", 50, users=5))
             await legiti.wait_for(lambda: len(set(keys(legiti))) == 50, timeout=30)

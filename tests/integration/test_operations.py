@@ -16,7 +16,7 @@ from forwarder.sandbox.samples import sample_key
 from forwarder.sandbox.settings import sandbox_env
 from tests.conftest import wait_until
 from tests.factories import native, native_series
-from tests.integration.kafka_helpers import create_topic, produce, unique
+from tests.integration.kafka_helpers import create_forwarder_topics, produce, unique
 
 ACTIONS = {0: "login_success", 1: "login_failure", 2: "logout"}
 """Event i of `native_series` is of action ACTIONS[i % 3]."""
@@ -36,8 +36,8 @@ def check_json_lines(text: str) -> list[dict[str, Any]]:
 
 
 async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) -> None:
-    topic = await create_topic(broker.bootstrap, unique("ops"), partitions=2)
-    dlq = await create_topic(broker.bootstrap, f"{topic}.dlq")
+    topic = await create_forwarder_topics(broker.bootstrap, unique("ops"), partitions=2)
+    dlq = f"{topic}.dlq"
     events = native_series("e", 60, users=5)
     first = [*events[0::2], native("e60", "user-rejected")]  # Legiti answers 400: dead letter
     second = [*events[1::2], b"{not json", events[0]]  # invalid_json, and a copy of e0
@@ -112,6 +112,8 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
         "credentials": True,
         "circuit": True,
         "sink_configuration": True,
+        "dead_letter_topic": True,
+        "retry_topic": True,
     }
 
     entries = check_json_lines(forwarder.output())
@@ -146,7 +148,7 @@ async def test_wrong_token_halts_without_dead_letters_and_heals_from_the_file(
     total, max_in_flight = 100, 4
     token_file = tmp_path / "token"
     token_file.write_text(wrong + "\n", encoding="utf-8")
-    topic = await create_topic(broker.bootstrap, unique("token"), partitions=2)
+    topic = await create_forwarder_topics(broker.bootstrap, unique("token"), partitions=2)
     await produce(broker.bootstrap, topic, native_series("e", total, users=10))
     env = sandbox_env(
         broker.bootstrap,
@@ -171,6 +173,8 @@ async def test_wrong_token_halts_without_dead_letters_and_heals_from_the_file(
                     "credentials": False,
                     "circuit": True,
                     "sink_configuration": True,
+                    "dead_letter_topic": True,
+                    "retry_topic": True,
                 }
                 and await forwarder.metric("forwarder_in_flight_events") == 0
             )

@@ -1,4 +1,5 @@
-"""The committable offset of a partition is the end of its finished prefix, and nothing more."""
+"""The committable offset of a partition is the end of its finished prefix, and nothing more;
+what is held (unfinished) and how far the commit lags (span) are counted apart."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def test_nothing_committable_before_anything_finished() -> None:
     offsets.track(5)
     offsets.track(6)
     assert offsets.committable is None
-    assert offsets.outstanding == 2
+    assert (offsets.unfinished, offsets.span, offsets.oldest_unfinished) == (2, 2, 5)
 
 
 def test_out_of_order_finish_waits_for_the_gap() -> None:
@@ -25,12 +26,27 @@ def test_out_of_order_finish_waits_for_the_gap() -> None:
     offsets.finish(12)
     offsets.finish(11)
     assert offsets.committable is None  # 10 is not finished
+    # Finished records behind a stuck one are not held, but the commit lags behind them.
+    assert (offsets.unfinished, offsets.span, offsets.oldest_unfinished) == (2, 4, 10)
     offsets.finish(10)
     assert offsets.committable == 13
-    assert offsets.outstanding == 1
+    assert (offsets.unfinished, offsets.span, offsets.oldest_unfinished) == (1, 1, 15)
     offsets.finish(15)  # 13 and 14 were never consumed (compacted away, say)
     assert offsets.committable == 16
-    assert offsets.outstanding == 0
+    assert (offsets.unfinished, offsets.span, offsets.oldest_unfinished) == (0, 0, None)
+
+
+def test_finishing_twice_or_below_the_watermark_changes_nothing() -> None:
+    offsets = PartitionOffsets()
+    for offset in (1, 2, 3):
+        offsets.track(offset)
+    offsets.finish(2)
+    offsets.finish(2)
+    assert (offsets.unfinished, offsets.span) == (2, 3)
+    offsets.finish(1)
+    offsets.finish(1)
+    offsets.finish(2)
+    assert (offsets.committable, offsets.unfinished, offsets.span) == (3, 1, 1)
 
 
 @pytest.mark.parametrize("offset", [7, 6, 0])
@@ -89,7 +105,9 @@ def test_committable_is_the_end_of_the_finished_prefix(
             prefix += 1
         expected = tracked[prefix - 1] + 1 if prefix else None
         assert offsets.committable == expected
-        assert offsets.outstanding == len(tracked) - prefix
+        assert offsets.span == len(tracked) - prefix
+        assert offsets.unfinished == len(tracked) - len(done)
+        assert offsets.oldest_unfinished == (tracked[prefix] if prefix < len(tracked) else None)
         if prefix < len(tracked):
             # Never at or past an unfinished offset: it would be skipped after a crash.
             assert expected is None or expected <= tracked[prefix]

@@ -7,12 +7,17 @@ import asyncio
 import time
 from typing import Any, cast
 
+import orjson
+
 from forwarder.config import RetrySettings
-from forwarder.core.events import AuthEvent, SourceRecord
+from forwarder.core import parking
+from forwarder.core.events import AuthEvent, Origin, SourceRecord
 from forwarder.core.policy import parse_policy
 from forwarder.engine.build import build_pipeline
 from forwarder.engine.pipeline import Pipeline
+from forwarder.engine.write_errors import WriteRejected
 from forwarder.ops.metrics import Metrics
+from forwarder.ops.topic_health import DEAD_LETTER, RETRY, TopicHealth
 from forwarder.sinks.base import Sink
 from forwarder.sinks.outcome import (
     Delivered,
@@ -20,6 +25,7 @@ from forwarder.sinks.outcome import (
     Misconfigured,
     Outcome,
     Rejected,
+    Retry,
     Unauthorized,
 )
 from tests import factories
@@ -50,6 +56,26 @@ class DeadLetters:
         self.written.append((record, headers))
 
 
+class RetryTopic:
+    """The retry topic in memory: what is parked, by partition, in order."""
+
+    topic = "t.retry"
+
+    def __init__(self, partitions: int | None = 1) -> None:
+        self.partitions = partitions
+        self.written: dict[int, list[SourceRecord]] = {}
+
+    async def write(
+        self, partition: int, record: SourceRecord, headers: list[tuple[str, bytes]]
+    ) -> int:
+        stored = self.written.setdefault(partition, [])
+        offset = len(stored)
+        stored.append(
+            SourceRecord(self.topic, partition, offset, record.key, record.value, tuple(headers), 0)
+        )
+        return offset
+
+
 def record(offset: int, kind: str = "login", user: str | None = None) -> SourceRecord:
     return factories.record(
         factories.native(f"e{offset}", user or f"u{offset}", kind), topic="t", offset=offset
@@ -60,13 +86,18 @@ def running(
     sender: Sink,
     dead: DeadLetters | None = None,
     metrics: Metrics | None = None,
+    retries: RetryTopic | None = None,
     **options: Any,
 ) -> Pipeline:
     """A started pipeline; `options` are `build_pipeline`'s (sections, bounds, policy)."""
+    metrics = Metrics() if metrics is None else metrics
+    retries = RetryTopic() if retries is None else retries
     pipeline = build_pipeline(
         sender,
         DeadLetters() if dead is None else dead,
-        Metrics() if metrics is None else metrics,
+        retries,
+        metrics,
+        TopicHealth(metrics, {DEAD_LETTER: "t.dlq", RETRY: retries.topic}),
         **options,
     )
     pipeline.start()
@@ -273,5 +304,267 @@ async def test_a_misconfigured_sink_halts_without_dead_letters_and_heals() -> No
     sender.answer = Delivered("201")
     await eventually(lambda: pipeline.committable() == {("t", 0): 10}, timeout=10)
     assert pipeline.gate.configured
+    assert dead.written == []
+    assert await pipeline.drain(1.0)
+
+
+# Parking ---------------------------------------------------------------------------
+
+FAILING = Retry("503", "legiti answered 503", outage=True)
+
+
+class PerUser(Sender):
+    """Answers per user (delivered unless told otherwise)."""
+
+    def __init__(self, answers: dict[str, Outcome]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    async def send(self, event: AuthEvent) -> Outcome:
+        self.sent.append((time.monotonic(), event))
+        return self.answers.get(event.user_id, DELIVERED)
+
+    def keys(self, user: str | None = None) -> list[str]:
+        return [event.key for _, event in self.sent if user is None or event.user_id == user]
+
+
+def quick_retries(**overrides: Any) -> RetrySettings:
+    """Short backoffs, and a circuit that one failing user cannot open."""
+    values: dict[str, Any] = {
+        "initial_backoff_seconds": 0.005,
+        "max_backoff_seconds": 0.01,
+        "circuit_min_requests": 10_000,
+        **overrides,
+    }
+    return RetrySettings(**values)
+
+
+def keys(records: list[SourceRecord]) -> list[str]:
+    return [orjson.loads(parked.value or b"{}")["event_id"] for parked in records]
+
+
+def gauge(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_a_user_failing_longer_than_park_after_is_parked_and_its_partition_moves_on() -> None:
+    sender, retries, metrics = PerUser({"stuck": FAILING}), RetryTopic(), Metrics()
+    pipeline = running(
+        sender,
+        metrics=metrics,
+        retries=retries,
+        retry=quick_retries(park_after_seconds=0.05, max_elapsed_seconds=0),
+    )
+    for offset, user in enumerate(["stuck", "a", "stuck", "b"]):
+        pipeline.submit(record(offset, user=user))
+    await eventually(lambda: pipeline.committable() == {("t", 0): 4})
+    assert keys(retries.written[0]) == ["e0", "e2"]
+    first, second = (dict(parked.headers) for parked in retries.written[0])
+    assert first["x-forwarder-park-reason"] == b"stuck"
+    assert (first["x-forwarder-source-topic"], first["x-forwarder-source-offset"]) == (b"t", b"0")
+    assert int(first["x-forwarder-attempts"]) >= 2
+    assert (second["x-forwarder-source-offset"], second["x-forwarder-attempts"]) == (b"2", b"0")
+    assert "x-forwarder-give-up-at" not in first  # FORWARDER_RETRY_MAX_ELAPSED_SECONDS=0
+    assert gauge(metrics, "forwarder_users_parked") == 1
+    assert gauge(metrics, "forwarder_events_parked_total", reason="stuck") == 2
+    assert sender.keys("stuck") == ["e0"] * len(sender.keys("stuck"))
+
+    pipeline.submit(record(4, user="stuck"))  # behind its parked events, never sent now
+    await eventually(lambda: len(retries.written[0]) == 3)
+    assert keys(retries.written[0])[2] == "e4"
+    assert dict(retries.written[0][2].headers)["x-forwarder-park-reason"] == b"follows_parked"
+    assert "e4" not in set(sender.keys())
+
+    sender.answers.clear()  # Legiti heals; the copies come back in the order they were parked
+    delivered_before = len(sender.keys("stuck"))
+    for parked in retries.written[0]:
+        pipeline.submit(parked)
+    await eventually(lambda: pipeline.committable() == {("t", 0): 5, ("t.retry", 0): 3})
+    assert sender.keys("stuck")[delivered_before - 1 :] == ["e0", "e0", "e2", "e4"]
+    assert gauge(metrics, "forwarder_users_parked") == 0
+    pipeline.submit(record(5, user="stuck"))  # unparked: sent from its source again
+    await eventually(lambda: pipeline.committable() == {("t", 0): 6, ("t.retry", 0): 3})
+    assert sender.keys("stuck")[-1] == "e5"
+    assert len(retries.written[0]) == 3
+    assert await pipeline.drain(1.0)
+
+
+async def test_a_stuck_head_holding_a_full_partition_is_parked_before_park_after() -> None:
+    sender, retries = PerUser({"stuck": FAILING}), RetryTopic()
+    pipeline = running(
+        sender,
+        retries=retries,
+        max_buffered=5,
+        retry=quick_retries(park_after_seconds=3600, max_elapsed_seconds=0),
+    )
+    pipeline.submit(record(0, user="stuck"))
+    for offset in range(1, 11):
+        pipeline.submit(record(offset))
+    await eventually(lambda: pipeline.committable() == {("t", 0): 11})
+    assert keys(retries.written[0]) == ["e0"]
+    assert dict(retries.written[0][0].headers)["x-forwarder-park-reason"] == b"buffer_full"
+    assert await pipeline.drain(1.0)
+
+
+async def test_nothing_is_parked_while_sending_is_halted_for_everyone() -> None:
+    sender, retries = PerUser({}), RetryTopic()
+    sender.answer = FAILING
+    sender.answers = {f"u{offset}": FAILING for offset in range(30)}
+    pipeline = running(
+        sender,
+        retries=retries,
+        retry=quick_retries(park_after_seconds=0.01, circuit_min_requests=5),
+    )
+    for offset in range(30):
+        pipeline.submit(record(offset))
+    await eventually(lambda: not pipeline.gate.circuit_closed)
+    sent = len(sender.sent)
+    # A probe fails long after park_after: its lane would be parked if one failing user did it.
+    await eventually(lambda: len(sender.sent) >= sent + 2, timeout=10)
+    assert retries.written == {}
+    assert pipeline.committable() == {}
+    assert await pipeline.drain(1.0)
+
+
+async def test_a_parked_copy_read_back_keeps_its_budget_and_its_source_coordinates() -> None:
+    sender, dead, retries = PerUser({"late": FAILING}), DeadLetters(), RetryTopic()
+    pipeline = running(sender, dead, retries=retries, retry=quick_retries())
+    original = record(42, user="late")
+    copy = SourceRecord(
+        "t.retry",
+        0,
+        0,
+        original.key,
+        original.value,
+        tuple(
+            parking.parked_headers(
+                original,
+                Origin("t", 0, 42),
+                reason=parking.STUCK,
+                attempts=7,
+                give_up_at=time.time() - 1,  # its budget ran out while it was parked
+            )
+        ),
+        0,
+    )
+    pipeline.submit(copy)
+    await eventually(lambda: pipeline.committable() == {("t.retry", 0): 1})
+    assert sender.keys() == ["e42"]  # once more, then given up: the budget did not restart
+    ((written, headers),) = dead.written
+    named = dict(headers)
+    assert named["x-forwarder-error-reason"] == b"retries_exhausted"
+    assert (named["x-forwarder-source-topic"], named["x-forwarder-source-offset"]) == (b"t", b"42")
+    assert named["x-forwarder-attempts"] == b"8"
+    assert (written.key, written.value) == (original.key, original.value)
+    assert await pipeline.drain(1.0)
+
+
+async def test_a_parked_users_new_source_events_wait_for_the_retry_partitions_marker() -> None:
+    """After an assignment, the retry partition is read up to a marker before the source
+    partition's events go anywhere: a copy parked earlier keeps its user's order."""
+    sender, retries = PerUser({"u": FAILING}), RetryTopic()
+    pipeline = running(sender, retries=retries, retry=quick_retries(park_after_seconds=3600))
+    earlier = record(0, user="u")
+    parked_before = SourceRecord(
+        "t.retry",
+        0,
+        0,
+        earlier.key,
+        earlier.value,
+        tuple(
+            parking.parked_headers(
+                earlier, Origin("t", 0, 0), reason="stuck", attempts=1, give_up_at=None
+            )
+        ),
+        0,
+    )
+    retries.written[0] = [parked_before]  # what an earlier run parked
+    pipeline.assign([("t", 0), ("t.retry", 0)])
+    await eventually(lambda: len(retries.written[0]) == 2)  # the marker
+    marker = retries.written[0][1]
+    assert parking.is_marker(marker)
+    assert pipeline.partitions_to_pause() == {("t", 0)}
+    pipeline.submit(record(1, user="u"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert sender.keys() == []  # held until the marker is read back
+    pipeline.submit(parked_before)
+    pipeline.submit(marker)
+    # The copy read back is still failing: the user's new event is parked behind it.
+    await eventually(lambda: len(retries.written[0]) == 3)
+    assert keys([retries.written[0][2]]) == ["e1"]
+    assert set(sender.keys()) == {"e0"}
+    assert pipeline.partitions_to_pause() == set()
+    assert await pipeline.drain(1.0)
+
+
+async def test_an_unwritable_dead_letter_is_parked_and_dead_lettered_when_read_back() -> None:
+    class Refusing(DeadLetters):
+        refusing = True
+
+        async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
+            if self.refusing:
+                raise WriteRejected("TopicAuthorizationFailedError")
+            await super().write(record, headers)
+
+    dead, retries = Refusing(), RetryTopic()
+    pipeline = running(Sender(), dead, retries=retries)
+    broken = factories.record(b"{broken", topic="t", offset=0)
+    pipeline.submit(broken)
+    pipeline.submit(record(1))
+    await eventually(lambda: pipeline.committable() == {("t", 0): 2})
+    (parked,) = retries.written[0]
+    assert (parked.key, parked.value) == (broken.key, broken.value)
+    named = dict(parked.headers)
+    assert named["x-forwarder-park-reason"] == b"dead_letter"
+    assert named["x-forwarder-error-reason"] == b"invalid_json"
+    dead.refusing = False
+    pipeline.submit(parked)
+    await eventually(lambda: pipeline.committable() == {("t", 0): 2, ("t.retry", 0): 1})
+    ((written, headers),) = dead.written
+    assert written.value == b"{broken"
+    assert dict(headers)["x-forwarder-source-offset"] == b"0"
+    assert "x-forwarder-park-reason" not in dict(headers)
+    assert await pipeline.drain(1.0)
+
+
+# Probes -------------------------------------------------------------------------------
+
+
+async def test_an_event_refused_on_its_own_is_dead_lettered_and_never_halts_for_good() -> None:
+    sender, dead = PerUser({"x": Unauthorized("401", "legiti answered 401")}), DeadLetters()
+    pipeline = running(sender, dead, retry=quick_retries())
+    pipeline.submit(record(0, user="x"))
+    offset = 1
+    for _ in range(10):  # the stream goes on: each time x halts sending, more events come
+        await eventually(lambda: not pipeline.gate.authorized or bool(dead.written), timeout=10)
+        if dead.written:
+            break
+        for _ in range(4):
+            pipeline.submit(record(offset))
+            offset += 1
+        await eventually(lambda: pipeline.gate.authorized, timeout=10)  # one of them probed
+    pipeline.submit(record(offset))  # the next event is the probe that lifts its last halt
+    offset += 1
+    await eventually(lambda: pipeline.committable() == {("t", 0): offset}, timeout=10)
+    assert pipeline.gate.authorized
+    ((written, headers),) = dead.written
+    named = dict(headers)
+    assert written.offset == 0
+    assert named["x-forwarder-error-reason"] == b"rejected"
+    assert named["x-forwarder-http-status"] == b"401"
+    assert b"accepted for other events" in named["x-forwarder-error-detail"]
+    assert set(sender.keys()) == {f"e{i}" for i in range(offset)}
+    assert await pipeline.drain(1.0)
+
+
+async def test_when_every_event_is_refused_nothing_is_dead_lettered() -> None:
+    sender, dead = PerUser({}), DeadLetters()
+    sender.answers = {f"u{offset}": Unauthorized("401", "no") for offset in range(5)}
+    pipeline = running(sender, dead, retry=quick_retries())
+    for offset in range(5):
+        pipeline.submit(record(offset))
+    await eventually(lambda: len(sender.sent) >= 8, timeout=20)  # probes came and failed
+    assert not pipeline.gate.authorized
     assert dead.written == []
     assert await pipeline.drain(1.0)
