@@ -246,3 +246,42 @@ async def test_an_unreadable_token_file_is_reported_once_a_minute(broker, legiti
         await legiti.wait_for(lambda: legiti.accepted_count == 1, timeout=20)
         lines = forwarder.events("cannot re-read the API token file; the last token stays in use")
     assert len(lines) == 1, lines
+
+
+# Finding 3: the credentials halt ----------------------------------------------------------
+
+
+async def test_a_probe_that_times_out_does_not_release_the_bad_token(
+    broker, legiti, tmp_path
+) -> None:
+    """Before the fix, a timed-out probe closed the halt and released every waiting
+    request with the bad token (65 of them in the issue's reproduction)."""
+    topic = await create_topic(broker.bootstrap, unique("probe-timeout"))
+    await produce(broker.bootstrap, topic, [native(f"p{i}", f"u{i}") for i in range(200)])
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token\n", encoding="utf-8")
+    config = settings(
+        broker.bootstrap,
+        topic,
+        legiti.url,
+        legiti_api_token="",
+        legiti_api_token_file=str(token_file),
+        http_timeout_seconds="0.5",
+        max_in_flight="32",
+    )
+    async with running(config) as forwarder:
+        await eventually(lambda: metric(forwarder, "forwarder_credentials_valid") == 0)
+        await eventually(
+            lambda: forwarder.pipeline is not None and forwarder.pipeline.in_flight == 0
+        )
+        legiti.faults.latency = 1.0  # every probe now times out
+        before = legiti.total_count
+        await legiti.wait_for(lambda: legiti.total_count >= before + 2, timeout=15)
+        assert legiti.total_count <= before + 3, "a timed-out probe released the waiting sends"
+        assert metric(forwarder, "forwarder_credentials_valid") == 0
+        legiti.faults.latency = 0.0
+        replaced = tmp_path / "token.new"
+        replaced.write_text("test-token\n", encoding="utf-8")
+        replaced.replace(token_file)
+        await eventually(lambda: len(set(keys(legiti))) == 200, timeout=30)
+    assert metric(forwarder, "forwarder_events_dead_lettered_total", reason="rejected") == 0
