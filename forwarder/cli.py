@@ -1,4 +1,4 @@
-"""The `forwarder` command: run, check-config, dlq, demo."""
+"""The `forwarder` command: run, check-config, dlq, status, demo."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import orjson
 from pydantic.fields import FieldInfo
 
 from forwarder import __version__
-from forwarder.commands import dlq
+from forwarder.commands import dlq, status
 from forwarder.config import (
     ConfigError,
     KafkaSettings,
@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 
 def _kafka_tool_fields() -> dict[str, FieldInfo]:
-    """The settings of the commands that only talk to Kafka (dlq)."""
+    """The settings of the commands that only talk to Kafka (dlq, status)."""
     return {
         field.alias: field
         for section in (KafkaSettings, OpsSettings)
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--config", type=Path, help="TOML file (or FORWARDER_CONFIG_FILE)")
         _add_setting_flags(command)
-    for command in dlq.add_parsers(commands):
+    for command in (*dlq.add_parsers(commands), status.add_parser(commands)):
         command.add_argument("--config", type=Path, help="TOML file (or FORWARDER_CONFIG_FILE)")
         _add_setting_flags(command, _kafka_tool_fields())
     demo = commands.add_parser(
@@ -94,15 +94,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _kafka_tool(args: argparse.Namespace) -> int:
-    """`dlq`: Kafka settings only (no Legiti URL or token needed)."""
+    """`dlq` and `status`: Kafka settings only (no Legiti URL or token needed)."""
     try:
         settings = load(KafkaToolSettings, os.environ, _flag_values(args), args.config)
     except ConfigError as exc:
         print(f"forwarder: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure(settings.ops.log_level, settings.ops.log_format)
+    command = dlq.run if args.command == "dlq" else status.run
     try:
-        return run_event_loop(dlq.run(settings, args))
+        return run_event_loop(command(settings, args))
     except KafkaSecretError as exc:
         print(f"forwarder: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "run":
         return _run(args)
-    if args.command == "dlq":
+    if args.command in ("dlq", "status"):
         return _kafka_tool(args)
     from forwarder.commands.demo import run_demo
 

@@ -137,6 +137,7 @@ async def test_the_commands_need_only_kafka_settings_and_say_which_one_is_wrong(
     top = await forwarder_cli("--help", env={})
     assert top.returncode == 0
     assert "dlq" in top.stdout
+    assert "status" in top.stdout
     dlq_help = await forwarder_cli("dlq", "--help", env={})
     for command in ("stats", "show", "replay"):
         assert command in dlq_help.stdout
