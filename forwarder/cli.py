@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import os
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from pydantic.fields import FieldInfo
@@ -30,9 +28,9 @@ from forwarder.config import (
 )
 from forwarder.kafka.options import KafkaSecretError
 from forwarder.ops.logs import configure
+from forwarder.runtime import run_event_loop, tune_garbage_collector
 
 EXIT_CONFIG = 2
-T = TypeVar("T")
 
 
 def _kafka_tool_fields() -> dict[str, FieldInfo]:
@@ -117,10 +115,10 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
-    from forwarder.commands.run import StartupError, pipeline_options
+    from forwarder.commands.run import StartupError, load_policy_file
 
     try:
-        pipeline_options(settings)
+        load_policy_file(settings.limits)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -143,24 +141,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"forwarder: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
-
-
-def tune_garbage_collector() -> None:
-    """What is loaded by now lives as long as the process: keep the collector from walking
-    it again and again. Sending creates no reference cycles, so the young generation can
-    be collected less often (the benchmark measured ~15% of CPU in the collector before)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(2_000, 10, 10)
-
-
-def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """uvloop where it is installed (Linux, the container): it is markedly cheaper per event."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ import contextlib
 import heapq
 import logging
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -52,6 +51,7 @@ from forwarder.core.dead_letters import (
 from forwarder.core.offsets import PartitionOffsets
 from forwarder.kafka.options import consumer_options, producer_options
 from forwarder.kafka.reader import KafkaReader, ReadError, to_record
+from forwarder.runtime import install_signal_handlers
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -829,19 +829,6 @@ async def start_producer(options: dict[str, Any]) -> tuple[AIOKafkaProducer, boo
     return producer, False
 
 
-@contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM end the replay between batches, after a commit, never mid-batch."""
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        yield
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-
-
 def replay_group(settings: KafkaToolSettings) -> str:
     return f"{settings.kafka.group_id}.replay"
 
@@ -884,16 +871,16 @@ async def _replay(settings: KafkaToolSettings, options: ReplayOptions) -> int:
     stop = asyncio.Event()
     replay = Replay(consumer, producer, topic, ends, options, progress, stop)
     report.tally = replay.tally
+    # SIGINT and SIGTERM end the replay between batches, after a commit, never mid-batch.
+    install_signal_handlers(stop)
     try:
-        with stop_on_signals(stop):
-            await consumer.start()
-            try:
-                if not await replay.run():
-                    report.outcome = "interrupted"
-            except ReplayFailed as exc:
-                report.outcome, report.error = "failed", str(exc)
-            except KafkaError as exc:
-                report.outcome, report.error = "failed", describe_error(exc)
+        await consumer.start()
+        if not await replay.run():
+            report.outcome = "interrupted"
+    except ReplayFailed as exc:
+        report.outcome, report.error = "failed", str(exc)
+    except KafkaError as exc:
+        report.outcome, report.error = "failed", describe_error(exc)
     finally:
         progress.finish()
         await consumer.stop()

@@ -20,9 +20,10 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaError
 
-from forwarder.commands.dlq import describe_error, iso_time, stop_on_signals
+from forwarder.commands.dlq import describe_error, iso_time
 from forwarder.config import KafkaSettings, KafkaToolSettings
 from forwarder.kafka.reader import Extent, GroupDescription, KafkaReader, Member, ReadError
+from forwarder.runtime import install_signal_handlers
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -233,18 +234,18 @@ async def run(settings: KafkaToolSettings, args: argparse.Namespace) -> int:
 async def _watch(reader: KafkaReader, kafka: KafkaSettings, every: float, as_json: bool) -> None:
     terminal = sys.stdout.isatty() and not as_json
     stop = asyncio.Event()
-    with stop_on_signals(stop):
-        while not stop.is_set():
-            try:
-                status = await collect(reader, kafka)
-            except (KafkaError, ReadError) as exc:
-                print(f"forwarder status: {describe_error(exc)}", file=sys.stderr)
-            else:
-                if terminal:
-                    sys.stdout.write(_CLEAR_SCREEN)
-                    print(f"{iso_time(int(time.time() * 1000))}, every {every:g}s")
-                _show(status, as_json)
-                if not terminal and not as_json:
-                    print()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
+    install_signal_handlers(stop)
+    while not stop.is_set():
+        try:
+            status = await collect(reader, kafka)
+        except (KafkaError, ReadError) as exc:
+            print(f"forwarder status: {describe_error(exc)}", file=sys.stderr)
+        else:
+            if terminal:
+                sys.stdout.write(_CLEAR_SCREEN)
+                print(f"{iso_time(int(time.time() * 1000))}, every {every:g}s")
+            _show(status, as_json)
+            if not terminal and not as_json:
+                print()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
 from forwarder.core.events import SourceRecord
 
@@ -75,24 +74,6 @@ def dead_letter_headers(
 def original_headers(headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
     """The record's own headers, in order, repeats kept: what a replay sends back."""
     return tuple((name, value) for name, value in headers if not name.startswith(HEADER_PREFIX))
-
-
-class DeadLetterSink(Protocol):
-    async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
-        """Store the dead letter durably or raise; the source offset waits for it."""
-
-
-class KafkaDeadLetters:
-    """Writes dead letters with an aiokafka producer (acks=all), keyed like the original."""
-
-    def __init__(self, producer: Any, topic: str) -> None:
-        self._producer = producer
-        self.topic = topic
-
-    async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
-        await self._producer.send_and_wait(
-            self.topic, value=record.value, key=record.key, headers=headers
-        )
 
 
 # Reading dead letters back ------------------------------------------------------------

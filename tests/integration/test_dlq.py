@@ -4,7 +4,6 @@ forwarder that really dead-letters: stats and show, then a replay once the cause
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -16,17 +15,19 @@ import orjson
 from forwarder.config import KafkaSettings, KafkaToolSettings, load
 from forwarder.core.events import SourceRecord
 from forwarder.kafka.reader import KafkaReader
+from forwarder.sandbox.process import clean_environment
+from forwarder.sandbox.settings import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+from tests.conftest import wait_until
+from tests.factories import native
 from tests.integration.kafka_helpers import (
     committed,
     create_topic,
-    native,
     produce,
     read_all,
     running,
     settings,
     unique,
 )
-from tests.integration.process import wait_until
 
 BAD_USER = "u-bad"
 CLI_TIMEOUT = 60.0
@@ -52,9 +53,8 @@ def kafka_env(bootstrap: str, topic: str, **overrides: str) -> dict[str, str]:
         "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "FORWARDER_KAFKA_TOPICS": topic,
         "FORWARDER_KAFKA_GROUP_ID": f"group-{topic}",
-        # The sandbox broker delays a join by half the session timeout.
-        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+        "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS),
         "FORWARDER_LOG_FORMAT": "console",
     }
     env.update({f"FORWARDER_{key.upper()}": value for key, value in overrides.items()})
@@ -62,8 +62,7 @@ def kafka_env(bootstrap: str, topic: str, **overrides: str) -> dict[str, str]:
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("FORWARDER_")}
-    return {**clean, **env}
+    return {**clean_environment(), **env}
 
 
 async def forwarder_cli(*args: str, env: Mapping[str, str]) -> Ran:

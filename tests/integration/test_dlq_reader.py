@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaConsumer
 from forwarder.kafka.reader import Extent, KafkaReader
 from forwarder.sandbox.topics import Outgoing
 from forwarder.sandbox.topics import produce as produce_records
+from tests.conftest import wait_until
 from tests.integration.kafka_helpers import create_topic, unique
-from tests.integration.process import wait_until
 from tests.integration.test_dlq import kafka_settings
 
 

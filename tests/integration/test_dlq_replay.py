@@ -15,8 +15,9 @@ from forwarder.core.events import SourceRecord
 from forwarder.sandbox.broker import free_port
 from forwarder.sandbox.topics import Outgoing
 from forwarder.sandbox.topics import produce as produce_records
-from tests.integration.kafka_helpers import committed, create_topic, native, unique
-from tests.integration.process import wait_until
+from tests.conftest import wait_until
+from tests.factories import native
+from tests.integration.kafka_helpers import committed, create_topic, unique
 from tests.integration.test_dlq import child_env, everything, forwarder_cli, kafka_env
 
 

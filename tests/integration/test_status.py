@@ -6,18 +6,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.integration.kafka_helpers import create_topic, native, produce, unique
-from tests.integration.process import ForwarderProcess, forwarder_env, wait_until
+from forwarder.sandbox.process import ForwarderProcess
+from forwarder.sandbox.settings import sandbox_env
+from tests.conftest import wait_until
+from tests.factories import native
+from tests.integration.kafka_helpers import create_topic, produce, unique
 from tests.integration.test_dlq import child_env, forwarder_cli, kafka_env
 
 EVENTS_PER_PARTITION = 60
 
 
-async def test_status_shows_both_processes_and_the_lag_falling_to_zero(broker, legiti) -> None:
+async def test_status_shows_both_processes_and_the_lag_falling_to_zero(
+    broker, legiti, tmp_path: Path
+) -> None:
     bootstrap = broker.bootstrap
     topic = await create_topic(bootstrap, unique(), partitions=2)
     await create_topic(bootstrap, f"{topic}.dlq")
@@ -40,10 +46,10 @@ async def test_status_shows_both_processes_and_the_lag_falling_to_zero(broker, l
         (1, None, EVENTS_PER_PARTITION + 1),
     ]
 
-    settings = forwarder_env(bootstrap, topic, legiti.url)
+    settings = sandbox_env(bootstrap, topic, legiti.url)
     async with (
-        ForwarderProcess(settings, name="one") as one,
-        ForwarderProcess(settings, name="two") as two,
+        ForwarderProcess(settings, name="one", log_dir=tmp_path) as one,
+        ForwarderProcess(settings, name="two", log_dir=tmp_path) as two,
     ):
         await one.wait_ready()
         await two.wait_ready()
