@@ -101,6 +101,28 @@ async def test_an_interrupted_replay_resumes_without_duplicates(broker) -> None:
     assert keys == [f"e-{i}".encode() for i in range(count)], "each once, in the DLQ's order"
 
 
+async def test_two_replays_at_once_share_the_partitions_and_send_each_once(broker) -> None:
+    bootstrap = broker.bootstrap
+    topic = await create_topic(bootstrap, unique())
+    dlq = await create_topic(bootstrap, f"{topic}.dlq", partitions=2)
+    count = 400
+    letters = [dead_letter(topic, i) for i in range(count)]
+    await produce_records(
+        bootstrap,
+        dlq,
+        [Outgoing(d.value, d.key, d.headers, partition=i % 2) for i, d in enumerate(letters)],
+    )
+    env = kafka_env(bootstrap, topic, kafka_max_poll_records="5")
+    first, second = await asyncio.gather(
+        forwarder_cli("dlq", "replay", "--json", env=env),
+        forwarder_cli("dlq", "replay", "--json", env=env),
+    )
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert first.json()["replayed"] + second.json()["replayed"] == count
+    keys = sorted(record.key for record in await everything(bootstrap, topic))
+    assert keys == sorted(d.key for d in letters), "every dead letter once, none twice"
+
+
 async def test_from_beginning_to_another_topic_replays_what_was_replayed_before(broker) -> None:
     bootstrap = broker.bootstrap
     topic = await create_topic(bootstrap, unique())
