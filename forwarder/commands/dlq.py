@@ -19,11 +19,12 @@ import base64
 import contextlib
 import heapq
 import logging
+import os
 import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -170,6 +171,12 @@ async def run(settings: KafkaToolSettings, args: argparse.Namespace) -> int:
             return await _stats(settings, args.json)
         if args.dlq_command == "show":
             return await _show(settings, selection, args.limit, args.json)
+        if args.to_topic == settings.kafka.dead_letter_topic:
+            print(
+                f"forwarder dlq replay: --to-topic {args.to_topic} is the dead-letter topic",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_ARGUMENTS
         options = ReplayOptions(
             selection, args.to_topic, args.from_beginning, args.dry_run, args.json
         )
@@ -177,6 +184,11 @@ async def run(settings: KafkaToolSettings, args: argparse.Namespace) -> int:
     except (KafkaError, ReadError) as exc:
         print(f"forwarder dlq {args.dlq_command}: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `forwarder dlq show | head`: the reader has all it wanted. Point stdout at
+        # /dev/null so that flushing it at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def describe_error(exc: BaseException) -> str:
@@ -528,7 +540,10 @@ class ProgressLine:
     interval, so a long replay shows it is alive without flooding the log."""
 
     def __init__(
-        self, stream: TextIO, interval: float = PROGRESS_INTERVAL, clock: Any = time.monotonic
+        self,
+        stream: TextIO,
+        interval: float = PROGRESS_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream
         self._interval = interval

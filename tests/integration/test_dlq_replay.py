@@ -188,6 +188,12 @@ async def test_the_commands_need_only_kafka_settings_and_say_which_one_is_wrong(
     assert window.returncode == 2
     assert "--since is not before --until" in window.stderr
 
+    into_itself = await forwarder_cli(
+        "dlq", "replay", "--to-topic", f"{topic}.dlq", env=kafka_env(broker.bootstrap, topic)
+    )
+    assert into_itself.returncode == 2
+    assert f"--to-topic {topic}.dlq is the dead-letter topic" in into_itself.stderr
+
     empty = await forwarder_cli("dlq", "stats", env=kafka_env(broker.bootstrap, topic))
     assert empty.returncode == 0, empty.stderr
     assert f"{topic}.dlq: 0 dead letters" in empty.stdout
