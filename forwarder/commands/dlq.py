@@ -51,7 +51,8 @@ from forwarder.core.dead_letters import (
 )
 from forwarder.core.offsets import PartitionOffsets
 from forwarder.kafka.options import consumer_options, producer_options
-from forwarder.kafka.reader import KafkaReader, ReadError, to_record
+from forwarder.kafka.reader import KafkaReader, ReadError
+from forwarder.kafka.records import to_record
 from forwarder.runtime import install_signal_handlers
 
 EXIT_OK = 0

@@ -23,6 +23,7 @@ from aiokafka.errors import for_code
 from forwarder.config import KafkaSettings
 from forwarder.core.events import SourceRecord
 from forwarder.kafka.options import client_options
+from forwarder.kafka.records import to_record
 
 POLL_TIMEOUT_MS = 200
 FETCH_MAX_WAIT_MS = 100
@@ -33,18 +34,6 @@ STALL_SECONDS = 60.0
 
 class ReadError(RuntimeError):
     """What was asked cannot be read (a topic that does not exist, a read that stalls)."""
-
-
-def to_record(message: Any) -> SourceRecord:
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=tuple(message.headers or ()),
-        timestamp_ms=message.timestamp,
-    )
 
 
 @dataclass(frozen=True, slots=True)

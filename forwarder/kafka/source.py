@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from forwarder.core.events import SourceRecord
 from forwarder.engine.pipeline import Pipeline
+from forwarder.kafka.records import to_record
 from forwarder.ops.logs import RepeatSuppressor, get_logger
 from forwarder.ops.metrics import Metrics
 
@@ -31,18 +30,6 @@ instead of holding the lock that the rebalance callback and shutdown wait for.""
 CLOSE_STEP_TIMEOUT = 3.0
 """The final commit and leaving the group each get this long at shutdown, so that a
 stop always ends within FORWARDER_SHUTDOWN_TIMEOUT_SECONDS plus a few of these."""
-
-
-def to_record(message: Any) -> SourceRecord:
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=tuple(message.headers or ()),
-        timestamp_ms=message.timestamp,
-    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
