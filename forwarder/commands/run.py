@@ -23,11 +23,11 @@ from forwarder.engine.pipeline import Pipeline
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
 from forwarder.kafka.retry_topic import KafkaRetryTopic
-from forwarder.kafka.source import KafkaSource
+from forwarder.kafka.source import CLOSE_STEP_TIMEOUT, COMMIT_TIMEOUT, KafkaSource
 from forwarder.kafka.topic_check import TopicCheck
 from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.health import HealthServer
-from forwarder.ops.logs import get_logger, register_secret
+from forwarder.ops.logs import RepeatSuppressor, get_logger, register_secret
 from forwarder.ops.metrics import Metrics
 from forwarder.ops.topic_health import DEAD_LETTER, RETRY, TopicHealth
 from forwarder.runtime import install_signal_handlers
@@ -36,6 +36,7 @@ from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
 
 TOKEN_CHECK_INTERVAL = 1.0
+TOKEN_ERROR_LOG_PERIOD = 60.0
 T = TypeVar("T")
 
 
@@ -149,8 +150,16 @@ class Forwarder:
 
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        # A revoked partition's requests end within the HTTP timeout: wait that long for
+        # them (never past the shutdown timeout), inside a rebalance timeout that also
+        # leaves room for the commit after it.
+        settle_timeout = min(
+            settings.ops.shutdown_timeout_seconds, settings.sink.http_timeout_seconds + 1.0
+        )
         try:
-            consumer_kwargs = consumer_options(settings.kafka)
+            consumer_kwargs = consumer_options(
+                settings.kafka, rebalance_timeout=settle_timeout + COMMIT_TIMEOUT + 2.0
+            )
             producer_kwargs = producer_options(settings.kafka)
         except KafkaSecretError as exc:
             raise StartupError(str(exc)) from exc
@@ -184,6 +193,7 @@ class Forwarder:
                 decode=settings.decode,
                 max_in_flight=settings.sink.max_in_flight,
                 max_buffered=settings.kafka.max_buffered_events,
+                max_buffered_bytes=settings.kafka.max_buffered_bytes,
             )
             self.pipeline = pipeline
             consumer = await start_with_retry(
@@ -200,6 +210,8 @@ class Forwarder:
                 pipeline,
                 self.metrics,
                 settings.kafka.commit_interval_seconds,
+                max_poll_records=settings.kafka.max_poll_records,
+                settle_timeout=settle_timeout,
             )
             self.source = source
             await self.sink.open()
@@ -221,19 +233,29 @@ class Forwarder:
             checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checker
-            await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), CLOSE_STEP_TIMEOUT)
+            except TimeoutError:
+                self._log.warning("stopping the dead-letter producer timed out")
 
     async def _watch_credentials(self, stop: asyncio.Event, pipeline: Pipeline) -> None:
         credentials = self.credentials
         if credentials is None or credentials.path is None:
             return
+        token_errors = RepeatSuppressor(TOKEN_ERROR_LOG_PERIOD)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TOKEN_CHECK_INTERVAL)
             try:
                 changed = credentials.refresh()
             except TokenError as exc:
-                self._log.error("cannot re-read the API token file", error=str(exc))
+                suppressed = token_errors.allow("token-file", time.monotonic())
+                if suppressed is not None:
+                    self._log.error(
+                        "cannot re-read the API token file; the last token stays in use",
+                        error=str(exc),
+                        suppressed=suppressed,
+                    )
                 continue
             if changed:
                 self._log.info("API token file changed; using the new token")

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
-from forwarder.core.dead_letters import HEADER_PREFIX, origin_headers, own_headers
+from forwarder.core.dead_letters import (
+    ATTEMPTS_HEADER,
+    HEADER_PREFIX,
+    REASON_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+    origin_headers,
+    original_headers,
+)
 from forwarder.core.events import Origin, SourceRecord
 
 LaneKey = tuple[str, int, str]
@@ -42,8 +51,6 @@ T = TypeVar("T")
 PARK_REASON = "x-forwarder-park-reason"
 GIVE_UP_AT = "x-forwarder-give-up-at"
 """The wall-clock end of the retry budget, in Unix milliseconds (absent: none)."""
-ATTEMPTS = "x-forwarder-attempts"
-ERROR_REASON = "x-forwarder-error-reason"
 MARKER = "x-forwarder-marker"
 """A record the forwarder writes to a retry partition it was just assigned: when it
 reads it back, it has read every copy parked there before."""
@@ -73,9 +80,8 @@ def parked_headers(
     attempts: int,
     give_up_at: float | None,
 ) -> list[tuple[str, bytes]]:
-    headers = own_headers(record)
-    headers += origin_headers(origin)
-    headers += [(ATTEMPTS, str(attempts).encode()), (PARK_REASON, reason.encode())]
+    headers = [*original_headers(record.headers), *origin_headers(origin)]
+    headers += [(ATTEMPTS_HEADER, str(attempts).encode()), (PARK_REASON, reason.encode())]
     if give_up_at is not None:
         headers.append((GIVE_UP_AT, str(round(give_up_at * 1000)).encode()))
     return headers
@@ -97,16 +103,16 @@ def read_parked(record: SourceRecord) -> ParkedCopy | None:
     ours = {name: value for name, value in record.headers if name.startswith(HEADER_PREFIX)}
     try:
         origin = Origin(
-            ours["x-forwarder-source-topic"].decode(),
-            int(ours["x-forwarder-source-partition"]),
-            int(ours["x-forwarder-source-offset"]),
+            ours[SOURCE_TOPIC_HEADER].decode(),
+            int(ours[SOURCE_PARTITION_HEADER]),
+            int(ours[SOURCE_OFFSET_HEADER]),
         )
-        attempts = int(ours.get(ATTEMPTS, b"0"))
+        attempts = int(ours.get(ATTEMPTS_HEADER, b"0"))
         deadline = ours.get(GIVE_UP_AT)
         give_up_at = int(deadline) / 1000 if deadline is not None else None
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    return ParkedCopy(origin, attempts, give_up_at, ERROR_REASON in ours)
+    return ParkedCopy(origin, attempts, give_up_at, REASON_HEADER in ours)
 
 
 def is_marker(record: SourceRecord) -> bool:

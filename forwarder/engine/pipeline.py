@@ -93,6 +93,7 @@ class Pipeline:
         cloudevent_types: CloudEventTypes,
         max_in_flight: int,
         max_buffered: int,
+        max_buffered_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -118,6 +119,7 @@ class Pipeline:
         self._types = cloudevent_types
         self.max_in_flight = max_in_flight
         self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
         self._clock = clock
         self._wall = wall_clock
         self._log = get_logger("forwarder.engine.pipeline")
@@ -134,6 +136,9 @@ class Pipeline:
         self._senders: list[asyncio.Task[None]] = []
         self._idle: list[asyncio.Future[tuple[Job, Ticket] | None]] = []
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._settling: set[Partition] = set()
+        self._settling_all = False
         self._dispatching = False
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -152,8 +157,14 @@ class Pipeline:
         self._wake.set()
 
     async def drain(self, grace: float) -> bool:
-        """Stop sending new events and wait for answers to those already sent and for
-        pending dead-letter writes. Returns False if the timeout cut it short."""
+        """Finish what a clean stop must: the answers to requests under way, the events
+        consumed ahead of delivered ones (so that nothing delivered lies beyond the
+        offsets committed next, and the next owner re-sends nothing), and pending
+        dead-letter writes; then stop. Returns False if `grace` cut it short."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self._settling_all = True
+        settled = await self._settle_until(None, deadline)
         self._dispatching = False
         self._wake.set()
         for timer in self._marker_timers.values():
@@ -165,8 +176,6 @@ class Pipeline:
             if not handoff.done():
                 handoff.set_result(None)
         self._idle.clear()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
         # An answer that comes in meanwhile may start a dead-letter or park write: wait for it.
         while (
             pending := {task for task in self._senders if not task.done()}
@@ -181,7 +190,43 @@ class Pipeline:
                 task.cancel()
             await asyncio.wait(pending)
             return False
+        return settled
+
+    async def settle(self, partitions: set[Partition], within: float) -> bool:
+        """Before these partitions are revoked: wait for their requests under way and send
+        the events consumed ahead of delivered ones, while other partitions flow on.
+        Returns False if `within` seconds ran out first."""
+        self._settling |= partitions
+        try:
+            return await self._settle_until(partitions, asyncio.get_running_loop().time() + within)
+        finally:
+            self._settling -= partitions
+
+    async def _settle_until(self, partitions: set[Partition] | None, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        self._wake.set()
+        while not self._settled(partitions):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
         return True
+
+    def _settled(self, partitions: set[Partition] | None) -> bool:
+        for partition, offsets in self._partitions.items():
+            if partitions is not None and partition not in partitions:
+                continue
+            if offsets.in_flight or not offsets.settled:
+                return False
+        return True
+
+    def _settling_job(self, job: Job) -> bool:
+        """Whether the job's partition is being settled (a revocation or the shutdown)."""
+        return self._settling_all or (
+            bool(self._settling) and (job.record.topic, job.record.partition) in self._settling
+        )
 
     # Partitions and offsets ------------------------------------------------------
 
@@ -227,22 +272,28 @@ class Pipeline:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(offsets.held_bytes for offsets in self._partitions.values())
+
     def partitions_to_pause(self) -> set[Partition]:
         """The partitions not to fetch from now, asked before every poll.
 
-        All of them while `max_buffered` records are held in memory (until half of
-        that is free again); one whose commit lags `max_buffered` records behind
-        what was read (until half of that is committable), after parking its
-        oldest record's lane if that one is failing; and those waiting for their
-        retry partition's marker. A retry partition that one waits for is never
+        All of them while `max_buffered` records or `max_buffered_bytes` are held in
+        memory (until half of both is free again); one whose commit lags `max_buffered`
+        records behind what was read (until half of that is committable), after
+        parking its oldest record's lane if that one is failing; and those waiting for
+        their retry partition's marker. A retry partition that one waits for is never
         paused: reading it is what ends the wait."""
-        buffered = self.buffered
+        buffered, held_bytes = self.buffered, self.buffered_bytes
         self._metrics.buffered.set(buffered)
         limit, resume = self.max_buffered, self.max_buffered * RESUME_FRACTION
         if self._all_full:
-            self._all_full = buffered > resume
+            self._all_full = (
+                buffered > resume or held_bytes > self.max_buffered_bytes * RESUME_FRACTION
+            )
         else:
-            self._all_full = buffered >= limit
+            self._all_full = buffered >= limit or held_bytes >= self.max_buffered_bytes
         now = self._clock()
         for partition, offsets in self._partitions.items():
             span = offsets.span
@@ -277,8 +328,9 @@ class Pipeline:
         offsets = self._partitions.get(partition)
         if offsets is None:
             offsets = self._partitions[partition] = PartitionOffsets()
+        size = _size(record)
         try:
-            offsets.track(record.offset)
+            offsets.track(record.offset, size)
         except ValueError:
             # The consumer went back (an offset reset): what is tracked is stale.
             self._log.warning(
@@ -288,7 +340,7 @@ class Pipeline:
                 offset=record.offset,
             )
             offsets = self._partitions[partition] = PartitionOffsets()
-            offsets.track(record.offset)
+            offsets.track(record.offset, size)
         if record.topic != self._retry_topic:
             self._metrics.consumed.inc()
         if self._holds and partition in self._holds:
@@ -344,7 +396,7 @@ class Pipeline:
         """A record read back from the retry topic: a marker, a parked dead letter, or
         a parked event that goes on with the budget and attempts it carries."""
         if parking.is_marker(record):
-            offsets.finish(record.offset)
+            self._finish_offset(record, offsets)
             for name, value in record.headers:
                 if name == parking.MARKER:
                     self._release_marker(value.decode("utf-8", "replace"))
@@ -359,7 +411,7 @@ class Pipeline:
                 reason,
                 "parked dead letter read back",
                 None,
-                on_written=partial(offsets.finish, record.offset),
+                on_written=partial(self._finish_offset, record, offsets),
                 on_unwritable=partial(self._park_dead_letter, record, offsets),
             )
             return
@@ -461,7 +513,7 @@ class Pipeline:
 
     def _parked_stored(self, job: Job, lane: LaneKey, offset: int) -> None:
         self._parked.written(lane, offset)
-        job.offsets.finish(job.record.offset)
+        self._finish_offset(job.record, job.offsets)
         self._parked.settle(lane)
 
     def _park_too_large(self, job: Job, lane: LaneKey) -> None:
@@ -511,7 +563,7 @@ class Pipeline:
                 parking.parked_dead_letter_headers(headers),
                 parking.DEAD_LETTER,
                 (record.topic, record.partition),
-                on_written=lambda _offset: offsets.finish(record.offset),
+                on_written=lambda _offset: self._finish_offset(record, offsets),
                 on_too_large=partial(self._rewrite_dead_letter, record, offsets, tried, headers),
             ),
         )
@@ -526,7 +578,7 @@ class Pipeline:
             reason,
             "dead letter written again",
             None,
-            on_written=partial(offsets.finish, record.offset),
+            on_written=partial(self._finish_offset, record, offsets),
             on_unwritable=partial(self._park_dead_letter, record, offsets),
         )
 
@@ -668,6 +720,10 @@ class Pipeline:
                 return max(min(wait, halted), 0.001)
             candidates.sort()  # oldest first; sequence numbers are unique, so jobs never compare
             for _, tool, job in candidates:
+                if self._settling_job(job) and not job.offsets.finished_after(job.record.offset):
+                    # Nothing delivered after it: the next owner reads it again, unsent.
+                    self._abandon(self._scheduler.take(tool), now)
+                    break
                 if tool in self._denied_tools:
                     self._fail(self._scheduler.take(tool), dl.DENIED_BY_POLICY, _DENIED_DETAIL)
                     break
@@ -699,6 +755,7 @@ class Pipeline:
         )
         job.limited_since = None
         self._in_flight += 1
+        job.offsets.in_flight += 1
         self._idle.pop().set_result((job, ticket))
 
     async def _sender_loop(self) -> None:
@@ -717,8 +774,11 @@ class Pipeline:
                 return
             try:
                 await self._send(*work)
-            except Exception:  # a bug must not take a sender away for good
+            except Exception:  # a bug must not take a sender away for good, nor an event
                 self._log.exception("sender error; continuing")
+                job = work[0]
+                if job.in_flight:  # no outcome was applied: send it again later
+                    self._retry_at(job, self._clock() + self._retry_policy.backoff.delay(1))
 
     async def _send(self, job: Job, ticket: Ticket) -> None:
         try:
@@ -735,7 +795,9 @@ class Pipeline:
         finally:
             self.gate.finish(ticket, self._clock())
             self._in_flight -= 1
+            job.offsets.in_flight -= 1
             self._wake.set()
+            self._progress.set()
         now = self._clock()
         code = outcome.code
         requests = self._requests_by_code.get(code)
@@ -745,7 +807,7 @@ class Pipeline:
         requests.inc()
         self._metrics.sink_duration.observe(now - ticket.sent_at)
         job.attempts += 1
-        self.gate.observe(outcome, ticket, now, self._in_flight)
+        outcome = self.gate.observe(outcome, ticket, now, self._in_flight, job.event.user_id)
         probe = ticket.probes_credentials or ticket.probes_circuit or ticket.probes_configuration
         if isinstance(outcome, Delivered):
             self._last_delivered_sent_at = max(self._last_delivered_sent_at, ticket.sent_at)
@@ -829,7 +891,11 @@ class Pipeline:
             return
         if not outcome.throttled and self._may_park(job, now):
             offsets = job.offsets
-            if now - job.first_failure_at >= self._park_after:
+            if now - job.first_failure_at >= self._park_after or (
+                # Settling before a revocation or a stop, it would hold back what was
+                # delivered after it: parked, it is finished at once.
+                self._settling_job(job) and offsets.finished_after(job.record.offset)
+            ):
                 reason: str | None = parking.STUCK
             elif offsets.span >= self.max_buffered and offsets.oldest_unfinished == (
                 job.record.offset
@@ -891,6 +957,12 @@ class Pipeline:
         for duplicate in duplicates:
             self._finish_duplicate(duplicate)
 
+    def _abandon(self, job: Job, now: float) -> None:
+        """Give a job up unsent while its partition settles: its offset stays unfinished
+        (so it is read again), its key and its lane are released."""
+        for duplicate in self._scheduler.complete(job, delivered=False, now=now):
+            self._finish_duplicate(duplicate)
+
     # Finishing -----------------------------------------------------------------------
 
     def _finish_duplicate(self, job: Job) -> None:
@@ -902,9 +974,13 @@ class Pipeline:
     def _finish(self, job: Job) -> None:
         if job.cancelled:
             return
-        job.offsets.finish(job.record.offset)
+        self._finish_offset(job.record, job.offsets)
         if job.origin is not None:
             self._left_retry_topic(job)
+
+    def _finish_offset(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+        offsets.finish(record.offset, _size(record))
+        self._progress.set()
 
     def _dead_letter(
         self,
@@ -929,7 +1005,7 @@ class Pipeline:
             status=status,
             body=body,
             origin=origin,
-            on_written=partial(offsets.finish, record.offset),
+            on_written=partial(self._finish_offset, record, offsets),
             on_unwritable=partial(self._park_dead_letter, record, offsets),
         )
 
@@ -937,6 +1013,11 @@ class Pipeline:
     def _fields(job: Job) -> dict[str, object]:
         record = job.record
         return event_fields(record.topic, record.partition, record.offset, job.event.key)
+
+
+def _size(record: SourceRecord) -> int:
+    """What a held record costs in memory, near enough: its value and key."""
+    return len(record.value or b"") + len(record.key or b"")
 
 
 _DENIED_DETAIL = "the gateway denied this tool to an earlier call; not sent again"
