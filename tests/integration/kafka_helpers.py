@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from forwarder.commands.run import Forwarder
 from forwarder.config import Settings, load_settings
+from forwarder.engine.pipeline import Pipeline
 from forwarder.sandbox.samples import Samples
 from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import Outgoing
@@ -97,6 +98,14 @@ async def running(config: Settings, **parts: Any) -> AsyncIterator[Forwarder]:
 
 def metric(forwarder: Forwarder, name: str, **labels: str) -> float:
     return Samples.of_registry(forwarder.metrics.registry).value(name, **labels)
+
+
+def committable_of(pipeline: Pipeline, topic: str) -> dict[tuple[str, int], int]:
+    """The pipeline's committable offsets of `topic` alone (the retry topic's left out:
+    markers and parked copies move it too)."""
+    return {
+        partition: o for partition, o in pipeline.committable().items() if partition[0] == topic
+    }
 
 
 def header(record: Any, name: str) -> bytes | None:

@@ -12,6 +12,7 @@ from forwarder.kafka.dead_letters import KafkaDeadLetters
 from tests.conftest import eventually
 from tests.factories import native
 from tests.integration.kafka_helpers import (
+    committable_of,
     committed,
     create_topic,
     header,
@@ -39,14 +40,16 @@ async def test_commit_waits_for_the_unfinished_event(broker, legiti) -> None:
         await eventually(lambda: len(legiti.accepted) == 19, what="all but the stuck event")
         pipeline = forwarder.pipeline
         assert pipeline is not None
-        await eventually(lambda: pipeline.committable() == {(topic, 0): 1}, what="prefix up to e1")
+        await eventually(
+            lambda: committable_of(pipeline, topic) == {(topic, 0): 1}, what="prefix up to e1"
+        )
         await eventually(
             lambda: metric(forwarder, "forwarder_offset_commits_total", result="ok") >= 1
         )
         assert await committed(broker.bootstrap, config.kafka.group_id, topic) == {0: 1}
         legiti.faults.status_for_user = {}
         await eventually(lambda: len(legiti.accepted) == 20, what="the stuck event after healing")
-        await eventually(lambda: pipeline.committable() == {(topic, 0): 20})
+        await eventually(lambda: committable_of(pipeline, topic) == {(topic, 0): 20})
     assert await committed(broker.bootstrap, config.kafka.group_id, topic) == {0: 20}
 
 
@@ -79,9 +82,9 @@ async def test_failed_dead_letter_write_blocks_the_commit(broker, legiti) -> Non
             await eventually(lambda: len(legiti.accepted) == 2 and flaky.attempts >= 2)
             pipeline = forwarder.pipeline
             assert pipeline is not None
-            assert pipeline.committable() == {(topic, 0): 1}
+            assert committable_of(pipeline, topic) == {(topic, 0): 1}
             flaky.failing = False
-            await eventually(lambda: pipeline.committable() == {(topic, 0): 3})
+            await eventually(lambda: committable_of(pipeline, topic) == {(topic, 0): 3})
         dead = await read_all(broker.bootstrap, f"{topic}.dlq", 1)
         assert dead[0].value == b"{broken"
         assert await committed(broker.bootstrap, config.kafka.group_id, topic) == {0: 3}
@@ -111,7 +114,7 @@ async def test_copy_in_flight_waits_for_the_first_copy(broker, legiti) -> None:
         await eventually(lambda: metric(forwarder, "forwarder_events_duplicate_total") == 1)
         pipeline = forwarder.pipeline
         assert pipeline is not None
-        await eventually(lambda: pipeline.committable() == {(topic, 0): 1, (topic, 1): 1})
+        await eventually(lambda: committable_of(pipeline, topic) == {(topic, 0): 1, (topic, 1): 1})
     assert [r.idempotency_key for r in legiti.requests] == ["same"]
 
 

@@ -6,6 +6,7 @@ from forwarder.core.halts import HaltState
 from tests.conftest import eventually
 from tests.factories import native
 from tests.integration.kafka_helpers import (
+    committable_of,
     create_topic,
     header,
     metric,
@@ -52,7 +53,7 @@ async def test_retries_give_up_into_the_dead_letter_topic(broker, legiti) -> Non
         dead = await read_all(broker.bootstrap, f"{topic}.dlq", 1)
         pipeline = forwarder.pipeline
         assert pipeline is not None
-        await eventually(lambda: pipeline.committable() == {(topic, 0): 2})
+        await eventually(lambda: committable_of(pipeline, topic) == {(topic, 0): 2})
     assert header(dead[0], "x-forwarder-error-reason") == b"retries_exhausted"
     assert int(header(dead[0], "x-forwarder-attempts") or 0) >= 2
     assert b"503" in (header(dead[0], "x-forwarder-error-detail") or b"")

@@ -18,7 +18,15 @@ from forwarder.sandbox.topics import Outgoing
 from forwarder.sandbox.topics import produce as produce_records
 from tests.conftest import eventually
 from tests.factories import native, native_series
-from tests.integration.kafka_helpers import create_topic, metric, produce, running, settings, unique
+from tests.integration.kafka_helpers import (
+    committable_of,
+    create_forwarder_topics,
+    metric,
+    produce,
+    running,
+    settings,
+    unique,
+)
 
 
 def keys(stub: LegitiStub) -> list[str | None]:
@@ -29,7 +37,7 @@ def keys(stub: LegitiStub) -> list[str | None]:
 
 
 async def test_a_wrong_base_url_halts_without_dead_letters(broker, legiti) -> None:
-    topic = await create_topic(broker.bootstrap, unique("wrong-url"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("wrong-url"))
     await produce(broker.bootstrap, topic, [native(f"w{i}", f"u{i}") for i in range(50)])
     config = settings(broker.bootstrap, topic, legiti.url + "/not-the-api")
     async with running(config) as forwarder:
@@ -41,7 +49,7 @@ async def test_a_wrong_base_url_halts_without_dead_letters(broker, legiti) -> No
         )
         pipeline = forwarder.pipeline
         assert pipeline is not None
-        assert pipeline.committable() == {}
+        assert committable_of(pipeline, topic) == {}
     # The first requests went out together; after the first answer, only probes.
     assert metric(forwarder, "forwarder_sink_requests_total", code="404") <= 50 + 4
     dead = sum(
@@ -52,7 +60,7 @@ async def test_a_wrong_base_url_halts_without_dead_letters(broker, legiti) -> No
 
 
 async def test_a_redirect_for_everything_halts_and_heals_when_it_stops(broker, legiti) -> None:
-    topic = await create_topic(broker.bootstrap, unique("redirect"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("redirect"))
     legiti.faults.status = 307
     await produce(broker.bootstrap, topic, [native(f"r{i}", f"u{i}") for i in range(30)])
     async with running(settings(broker.bootstrap, topic, legiti.url)) as forwarder:
@@ -64,7 +72,7 @@ async def test_a_redirect_for_everything_halts_and_heals_when_it_stops(broker, l
 
 
 async def test_the_same_4xx_for_everyone_stops_instead_of_dead_lettering(broker, legiti) -> None:
-    topic = await create_topic(broker.bootstrap, unique("storm"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("storm"))
     legiti.faults.status = 422  # a gateway rule or a wrong tenant: every request refused
     await produce(broker.bootstrap, topic, [native(f"s{i}", f"u{i}") for i in range(300)])
     config = settings(broker.bootstrap, topic, legiti.url, max_in_flight="4")
@@ -87,7 +95,7 @@ async def test_the_same_4xx_for_everyone_stops_instead_of_dead_lettering(broker,
 async def test_sigterm_ends_in_time_with_the_brokers_gone(legiti, tmp_path) -> None:
     shutdown_timeout = 2.0
     with SandboxBroker() as own:
-        topic = await create_topic(own.bootstrap, unique("gone"), partitions=2)
+        topic = await create_forwarder_topics(own.bootstrap, unique("gone"), partitions=2)
         await produce(own.bootstrap, topic, native_series("g", 200, users=20))
         legiti.faults.latency = 0.2
         env = sandbox_env(
@@ -114,7 +122,7 @@ async def test_a_clean_sigterm_resends_nothing(broker, legiti, tmp_path) -> None
     events are failing at the moment of the stop, so they sit unsent (waiting to be
     retried, and holding that user's later events) behind events already delivered."""
     total = 1200
-    topic = await create_topic(broker.bootstrap, unique("clean-stop"), partitions=2)
+    topic = await create_forwarder_topics(broker.bootstrap, unique("clean-stop"), partitions=2)
     await produce(broker.bootstrap, topic, native_series("c", total, users=100))
     legiti.faults.latency = 0.15
     legiti.faults.status_for_user = {"user-3": 503}
@@ -145,7 +153,7 @@ async def test_a_revocation_waits_for_the_revoked_partitions_requests(
     while the old owner's request for the previous event is still unanswered."""
     # Answers slower than the group takes to move a partition (Tansu: about a second).
     latency, total, partitions = 4.0, 120, 4
-    topic = await create_topic(broker.bootstrap, unique("revoke"), partitions=partitions)
+    topic = await create_forwarder_topics(broker.bootstrap, unique("revoke"), partitions=partitions)
     # Keyed by user, as upstream services publish them: a user's events share a partition.
     await produce_records(
         broker.bootstrap,
@@ -186,7 +194,7 @@ async def test_a_revocation_waits_for_the_revoked_partitions_requests(
 
 async def test_the_byte_bound_and_max_poll_records_bound_memory(broker, legiti) -> None:
     record_size, bound, per_poll = 20_000, 64 * 1024, 2
-    topic = await create_topic(broker.bootstrap, unique("bytes"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("bytes"))
     big = [
         native(f"b{i}", f"u{i}")[:-1] + b', "pad": "' + b"x" * record_size + b'"}'
         for i in range(40)
@@ -214,7 +222,7 @@ async def test_the_byte_bound_and_max_poll_records_bound_memory(broker, legiti) 
 
 
 async def test_a_decimal_retry_after_is_honoured(broker, legiti) -> None:
-    topic = await create_topic(broker.bootstrap, unique("decimal"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("decimal"))
     legiti.faults.script.extend([503])
     legiti.faults.retry_after = "1.5"
     await produce(broker.bootstrap, topic, [native("d0", "u0")])
@@ -225,7 +233,7 @@ async def test_a_decimal_retry_after_is_honoured(broker, legiti) -> None:
 
 
 async def test_an_unreadable_token_file_is_reported_once_a_minute(broker, legiti, tmp_path) -> None:
-    topic = await create_topic(broker.bootstrap, unique("token-file"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("token-file"))
     token_file = tmp_path / "token"
     token_file.write_text("test-token\n", encoding="utf-8")
     env = sandbox_env(broker.bootstrap, topic, legiti.url, legiti_api_token_file=str(token_file))
@@ -256,7 +264,7 @@ async def test_a_probe_that_times_out_does_not_release_the_bad_token(
 ) -> None:
     """Before the fix, a timed-out probe closed the halt and released every waiting
     request with the bad token (65 of them in the issue's reproduction)."""
-    topic = await create_topic(broker.bootstrap, unique("probe-timeout"))
+    topic = await create_forwarder_topics(broker.bootstrap, unique("probe-timeout"))
     await produce(broker.bootstrap, topic, [native(f"p{i}", f"u{i}") for i in range(200)])
     token_file = tmp_path / "token"
     token_file.write_text("wrong-token\n", encoding="utf-8")

@@ -125,7 +125,7 @@ def test_lane_order_holds_across_tools() -> None:
     assert take(sched, 0.1, TRACK_LOGOUT) is logout
 
 
-def test_copy_in_flight_parks_and_becomes_a_duplicate_on_delivery() -> None:
+def test_copy_in_flight_waits_and_becomes_a_duplicate_on_delivery() -> None:
     sched = scheduler()
     first = job("same", "alice", partition=0)
     copy = job("same", "alice", partition=1)
@@ -139,7 +139,7 @@ def test_copy_in_flight_parks_and_becomes_a_duplicate_on_delivery() -> None:
     assert take(sched, 1.0) is behind_copy  # the copy's lane moved on
 
 
-def test_parked_copy_is_sent_when_the_first_is_dead_lettered() -> None:
+def test_waiting_copy_is_sent_when_the_first_is_dead_lettered() -> None:
     sched = scheduler()
     first, copy = job("same", "alice"), job("same", "bob")
     sched.admit(first, 0.0)
@@ -150,7 +150,7 @@ def test_parked_copy_is_sent_when_the_first_is_dead_lettered() -> None:
     assert take(sched, 1.0) is copy
 
 
-def test_several_parked_copies_go_one_at_a_time() -> None:
+def test_several_waiting_copies_go_one_at_a_time() -> None:
     sched = scheduler()
     copies = [job("same", f"user-{i}") for i in range(3)]
     for each in copies:
@@ -197,7 +197,7 @@ def test_delivered_key_expires_from_the_window() -> None:
     assert take(sched, 11.0) is late
 
 
-def test_with_dedupe_disabled_a_parked_copy_is_sent_after_the_first() -> None:
+def test_with_dedupe_disabled_a_waiting_copy_is_sent_after_the_first() -> None:
     sched = scheduler(ttl=0.0)
     first, copy = job("same", "alice"), job("same", "bob")
     sched.admit(first, 0.0)
@@ -320,8 +320,8 @@ def test_cancelled_in_flight_job_delivered_makes_the_copy_a_duplicate() -> None:
     assert sched.lanes == 0
 
 
-def test_cancel_settles_parked_copies_as_duplicates_when_already_delivered() -> None:
-    """A copy parked behind a revoked claim holder is settled against the window."""
+def test_cancel_settles_waiting_copies_as_duplicates_when_already_delivered() -> None:
+    """A copy waiting behind a revoked claim holder is settled against the window."""
     sched = scheduler()
     earlier = job("same", "carol", partition=2)
     sched.admit(earlier, 0.0)
@@ -574,3 +574,31 @@ def test_peek_on_an_empty_scheduler(tool: str) -> None:
     assert sched.peek(tool, 0.0) is None
     assert sched.next_due(tool) is None
     assert sched.lanes == 0
+
+
+def test_evicting_a_lane_takes_its_jobs_in_order_and_frees_its_key() -> None:
+    sched = scheduler()
+    head, behind = job("k1", "alice"), job("k2", "alice")
+    copy = job("k1", "alice", partition=1)  # waits for the head's claim on k1
+    for each in (head, behind, copy):
+        sched.admit(each, 0.0)
+    assert take(sched) is head
+    sched.retry_at(head, 10.0)
+    assert sched.head_at(("auth", 0), head.record.offset) is head
+    jobs, duplicates = sched.evict(head.lane, 1.0)
+    assert (jobs, duplicates) == ([head, behind], [])
+    assert head.cancelled
+    assert behind.cancelled
+    assert sched.head_at(("auth", 0), head.record.offset) is None
+    assert take(sched, 1.0) is copy  # the key is free: the copy goes out
+    assert sched.peek(TRACK_LOGIN, 20.0) is None  # the parked head's retry is skipped
+
+
+def test_a_lane_whose_head_is_in_flight_cannot_be_evicted() -> None:
+    sched = scheduler()
+    head = job("k1", "alice")
+    sched.admit(head, 0.0)
+    take(sched)
+    with pytest.raises(ValueError, match="in flight"):
+        sched.evict(head.lane, 0.0)
+    assert sched.lane_of(head) == [head]
