@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 import orjson
 
 from forwarder import __version__
-from forwarder.config import ConfigError, Settings, flag_name, load_settings, masked
+from forwarder.config import (
+    ConfigError,
+    Settings,
+    flag_name,
+    load_settings,
+    masked,
+    public_fields,
+)
 from forwarder.ops.logs import configure
 
 EXIT_CONFIG = 2
@@ -24,7 +31,7 @@ T = TypeVar("T")
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, generated so the CLI can never fall behind the settings."""
     group = parser.add_argument_group("settings (override FORWARDER_* variables and the file)")
-    for name, field in Settings.model_fields.items():
+    for name, field in public_fields().items():
         group.add_argument(
             flag_name(name), dest=f"setting_{name}", metavar="VALUE", help=field.description
         )
@@ -85,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"forwarder: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(settings.log_level, settings.log_format)
+    configure(settings.ops.log_level, settings.ops.log_format)
     from forwarder.commands.run import StartupError, run_forever
 
     tune_garbage_collector()

@@ -51,7 +51,6 @@ from forwarder.bench.workload import (
     generate,
     preload,
 )
-from forwarder.config import Settings
 from forwarder.sandbox.broker import SandboxBroker
 from forwarder.sandbox.topics import create_topic
 from forwarder.sinks.legiti.client import idempotency_key
@@ -68,9 +67,7 @@ def fetch_wait_setting() -> dict[str, str]:
     meanwhile (Kafka answers as soon as there are any), so on Tansu the consumer's
     fetch_max_wait_ms (aiokafka's default: 500) is added to every record's latency: a
     bare aiokafka consumer sees p50 ≈ 130 ms, p99 ≈ 250 ms. The latency runs measure the
-    forwarder, not that quirk, so they lower the wait where the forwarder lets them."""
-    if "kafka_fetch_max_wait_ms" not in Settings.model_fields:
-        return {}
+    forwarder, not that quirk, so they lower the wait."""
     return {"FORWARDER_KAFKA_FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS)}
 
 

@@ -36,12 +36,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from forwarder.bench.processes import TOKEN, run_event_loop
 from forwarder.bench.workload import Delivery, deliveries, generate
 from forwarder.cli import tune_garbage_collector
-from forwarder.config import Settings
+from forwarder.config import KafkaSettings
 from forwarder.core.decode import CloudEventTypes, decode
 from forwarder.core.events import AuthEvent
 from forwarder.sinks.legiti.client import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
 
-MAX_POLL_RECORDS: int = Settings.model_fields["kafka_max_poll_records"].default
+MAX_POLL_RECORDS: int = KafkaSettings.model_fields["max_poll_records"].default
 READY = "ready"
 """The line the relay prints once its partitions are assigned."""
 

@@ -256,7 +256,7 @@ def _summary(
         f"  throughput          {rate:,.0f} records/s ({elapsed:.1f}s, first consumed to last done)"
     )
     print(f"  metrics were served at http://127.0.0.1:{forwarder.health.port}/metrics")
-    print(f"  dead letters are in topic {forwarder.settings.dead_letter_topic!r}")
+    print(f"  dead letters are in topic {forwarder.settings.kafka.dead_letter_topic!r}")
     ok = snap["consumed"] == total and snap["forwarded"] == len(legiti.accepted)
     return 0 if ok else 1
 

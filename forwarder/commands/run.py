@@ -38,38 +38,40 @@ class StartupError(RuntimeError):
 
 def pipeline_options(settings: Settings) -> PipelineOptions:
     try:
-        policy = load_policy(settings.policy_file) if settings.policy_file else ALLOW_ALL
+        policy = (
+            load_policy(settings.limits.policy_file) if settings.limits.policy_file else ALLOW_ALL
+        )
     except PolicyError as exc:
         raise StartupError(f"FORWARDER_POLICY_FILE: {exc}") from exc
     return PipelineOptions(
-        max_in_flight=settings.max_in_flight,
-        max_buffered=settings.max_buffered_events,
-        retry_max_elapsed=settings.retry_max_elapsed_seconds,
-        retry_initial_backoff=settings.retry_initial_backoff_seconds,
-        retry_max_backoff=settings.retry_max_backoff_seconds,
-        dedupe_ttl=settings.dedupe_ttl_seconds,
-        dedupe_max_entries=settings.dedupe_max_entries,
-        rate_limit=settings.rate_limit,
-        rate_limit_login=settings.rate_limit_login,
-        rate_limit_logout=settings.rate_limit_logout,
+        max_in_flight=settings.sink.max_in_flight,
+        max_buffered=settings.kafka.max_buffered_events,
+        retry_max_elapsed=settings.retry.max_elapsed_seconds,
+        retry_initial_backoff=settings.retry.initial_backoff_seconds,
+        retry_max_backoff=settings.retry.max_backoff_seconds,
+        dedupe_ttl=settings.dedupe.ttl_seconds,
+        dedupe_max_entries=settings.dedupe.max_entries,
+        rate_limit=settings.limits.rate_limit,
+        rate_limit_login=settings.limits.rate_limit_login,
+        rate_limit_logout=settings.limits.rate_limit_logout,
         policy=policy,
         cloudevent_types=CloudEventTypes(
-            settings.cloudevents_login_success_suffix,
-            settings.cloudevents_login_failure_suffix,
-            settings.cloudevents_logout_suffix,
+            settings.decode.login_success_suffix,
+            settings.decode.login_failure_suffix,
+            settings.decode.logout_suffix,
         ),
-        circuit_failure_ratio=settings.circuit_failure_ratio,
-        circuit_min_requests=settings.circuit_min_requests,
-        circuit_window=settings.circuit_window_seconds,
-        circuit_max_open=settings.circuit_max_open_seconds,
+        circuit_failure_ratio=settings.retry.circuit_failure_ratio,
+        circuit_min_requests=settings.retry.circuit_min_requests,
+        circuit_window=settings.retry.circuit_window_seconds,
+        circuit_max_open=settings.retry.circuit_max_open_seconds,
     )
 
 
 def token_source(settings: Settings) -> TokenSource:
     try:
-        if settings.legiti_api_token is not None:
-            return TokenSource(token=settings.legiti_api_token.get_secret_value())
-        return TokenSource(path=settings.legiti_api_token_file)
+        if settings.sink.api_token is not None:
+            return TokenSource(token=settings.sink.api_token.get_secret_value())
+        return TokenSource(path=settings.sink.api_token_file)
     except TokenError as exc:
         raise StartupError(f"FORWARDER_LEGITI_API_TOKEN_FILE: {exc}") from exc
 
@@ -114,21 +116,21 @@ class Forwarder:
         self.settings = settings
         self.metrics = Metrics()
         self.token = token_source(settings)
-        if settings.kafka_sasl_password is not None:
-            register_secret(settings.kafka_sasl_password.get_secret_value())
+        if settings.kafka.sasl_password is not None:
+            register_secret(settings.kafka.sasl_password.get_secret_value())
         self._own_sink = sender is None
         self._dead_letters = dead_letters
         self.sink: Sender = sender or LegitiSink(
-            settings.legiti_base_url,
+            settings.sink.base_url,
             self.token,
-            timeout=settings.http_timeout_seconds,
-            max_connections=settings.max_in_flight,
+            timeout=settings.sink.http_timeout_seconds,
+            max_connections=settings.sink.max_in_flight,
         )
         self.options = pipeline_options(settings)
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
         self.health = HealthServer(
-            self.metrics, self.readiness, settings.metrics_host, settings.metrics_port
+            self.metrics, self.readiness, settings.ops.metrics_host, settings.ops.metrics_port
         )
         self._log = get_logger("forwarder.commands.run")
 
@@ -145,14 +147,14 @@ class Forwarder:
         try:
             await self.health.start()
         except OSError as exc:
-            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            where = f"{settings.ops.metrics_host}:{settings.ops.metrics_port}"
             raise StartupError(f"FORWARDER_METRICS_PORT: cannot listen on {where}: {exc}") from exc
         self._log.info(
             "forwarder starting",
-            topics=settings.kafka_topics,
-            group_id=settings.kafka_group_id,
-            dead_letter_topic=settings.dead_letter_topic,
-            legiti=settings.legiti_base_url,
+            topics=settings.kafka.topics,
+            group_id=settings.kafka.group_id,
+            dead_letter_topic=settings.kafka.dead_letter_topic,
+            legiti=settings.sink.base_url,
             metrics_port=self.health.port,
         )
         try:
@@ -165,8 +167,8 @@ class Forwarder:
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         try:
-            consumer_kwargs = consumer_options(settings)
-            producer_kwargs = producer_options(settings)
+            consumer_kwargs = consumer_options(settings.kafka)
+            producer_kwargs = producer_options(settings.kafka)
         except KafkaSecretError as exc:
             raise StartupError(str(exc)) from exc
         producer = await start_with_retry(
@@ -178,7 +180,7 @@ class Forwarder:
             pipeline = Pipeline(
                 self.options,
                 self.sink,
-                self._dead_letters or KafkaDeadLetters(producer, settings.dead_letter_topic),
+                self._dead_letters or KafkaDeadLetters(producer, settings.kafka.dead_letter_topic),
                 self.metrics,
             )
             self.pipeline = pipeline
@@ -192,10 +194,10 @@ class Forwarder:
                 return
             source = KafkaSource(
                 consumer,
-                settings.kafka_topics,
+                settings.kafka.topics,
                 pipeline,
                 self.metrics,
-                settings.commit_interval_seconds,
+                settings.kafka.commit_interval_seconds,
             )
             self.source = source
             pipeline.start()
@@ -205,7 +207,7 @@ class Forwarder:
             finally:
                 watcher.cancel()
                 self._log.info("stopping: draining in-flight sends", in_flight=pipeline.in_flight)
-                drained = await pipeline.drain(settings.shutdown_timeout_seconds)
+                drained = await pipeline.drain(settings.ops.shutdown_timeout_seconds)
                 await source.close()
                 self._log.info(
                     "forwarder stopped", drained=drained, committed=pipeline.committable()

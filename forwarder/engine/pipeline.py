@@ -31,9 +31,10 @@ from forwarder.core.offsets import PartitionOffsets
 from forwarder.core.policy import ALLOW_ALL, Policy
 from forwarder.core.retry import Backoff
 from forwarder.core.scheduler import Job, Partition, Scheduler
+from forwarder.limits.backend import LimiterSet, Permit
 from forwarder.limits.learned_rate import AdaptiveRate
 from forwarder.limits.rate import Rate
-from forwarder.limits.sliding_log import LimiterSet, SlidingWindowLimiter, Slot
+from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.logs import Throttle, event_fields, get_logger
 from forwarder.ops.metrics import Metrics, Tally
 from forwarder.sinks.outcome import (
@@ -78,7 +79,7 @@ class _Launch(NamedTuple):  # one per send: a named tuple is the cheapest immuta
     sent_at: float
     probes_auth: bool
     probes_circuit: bool
-    slots: tuple[Slot, ...]
+    slots: tuple[Permit, ...]
 
 
 class Pipeline:
@@ -102,14 +103,14 @@ class Pipeline:
         self._auth_throttle = Throttle(AUTH_LOG_PERIOD)
         self._scheduler = Scheduler(DeliveredWindow(options.dedupe_ttl, options.dedupe_max_entries))
         self._partitions: dict[Partition, PartitionOffsets] = {}
-        self._counters: dict[tuple[str, int, float], SlidingWindowLimiter] = {}
+        backend = LocalLimits()
         self._backoff = Backoff(options.retry_initial_backoff, options.retry_max_backoff)
         configured = {
             "track_login": options.rate_limit_login,
             "track_logout": options.rate_limit_logout,
         }
         shared = [
-            self._limiter(rate)
+            backend.limiter(rate)
             for rate in (*options.policy.shared, options.rate_limit)
             if rate is not None
         ]
@@ -117,7 +118,7 @@ class Pipeline:
             tool: LimiterSet(
                 *shared,
                 *(
-                    self._limiter(rate)
+                    backend.limiter(rate)
                     for rate in (*options.policy.for_tool(tool).limits, configured[tool])
                     if rate is not None
                 ),
@@ -145,13 +146,6 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._dispatching = False
         self._dispatcher: asyncio.Task[None] | None = None
-
-    def _limiter(self, rate: Rate) -> SlidingWindowLimiter:
-        """One limiter per rate, except that limits naming the same gateway counter share one."""
-        if rate.counter is None:
-            return SlidingWindowLimiter(rate)
-        key = (rate.counter, rate.count, rate.window)
-        return self._counters.setdefault(key, SlidingWindowLimiter(rate))
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -332,7 +326,7 @@ class Pipeline:
         return bool(idle)
 
     def _launch(self, job: Job, tool: str, now: float) -> None:
-        slots = self._limits[tool].start()
+        slots = self._limits[tool].start(now)
         self._adaptive.record(now)
         self._metrics.rate_limit_delay.observe(
             now - job.limited_since if job.limited_since else 0.0

@@ -12,6 +12,7 @@ W (less one round trip). Memory is N small objects per limit.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from forwarder.limits.rate import Rate
 
@@ -23,6 +24,9 @@ class Slot:
 
     def __init__(self) -> None:
         self.done_at: float | None = None
+
+    def finish(self, now: float) -> None:
+        self.done_at = now
 
 
 class SlidingWindowLimiter:
@@ -51,40 +55,27 @@ class SlidingWindowLimiter:
             return float("inf")
         return max(0.0, done_at + self.rate.window - now)
 
-    def start(self) -> Slot:
+    def start(self, now: float) -> Slot:
         """Count a send that begins now; callers check `delay` first."""
         slot = Slot()
         self._log.append(slot)
         return slot
 
-    def record(self, now: float) -> None:
-        """Count a send that began and finished at `now`."""
-        self.start().done_at = now
 
+class LocalLimits:
+    """The backend that keeps every limit in this process's memory."""
 
-class LimiterSet:
-    """The limits one send must pass together (the tool's own and the global ones)."""
+    def __init__(self) -> None:
+        self._by_counter: dict[tuple[str, int, float], SlidingWindowLimiter] = {}
 
-    __slots__ = ("_limiters",)
+    def limiter(self, rate: Rate) -> SlidingWindowLimiter:
+        if rate.counter is None:
+            return SlidingWindowLimiter(rate)
+        key = (rate.counter, rate.count, rate.window)
+        return self._by_counter.setdefault(key, SlidingWindowLimiter(rate))
 
-    def __init__(self, *limiters: SlidingWindowLimiter | None) -> None:
-        self._limiters = tuple(limiter for limiter in limiters if limiter is not None)
+    async def start(self, wake: Callable[[], None]) -> None:
+        """Nothing runs in the background: every decision is made from memory."""
 
-    def delay(self, now: float) -> float:
-        if not self._limiters:  # no limit configured: asked once per send, so keep it cheap
-            return 0.0
-        return max(limiter.delay(now) for limiter in self._limiters)
-
-    def start(self) -> tuple[Slot, ...]:
-        if not self._limiters:  # the common case, once per send
-            return ()
-        return tuple(limiter.start() for limiter in self._limiters)
-
-    def record(self, now: float) -> None:
-        for limiter in self._limiters:
-            limiter.record(now)
-
-    @staticmethod
-    def finish(slots: tuple[Slot, ...], now: float) -> None:
-        for slot in slots:
-            slot.done_at = now
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forwarder.limits.backend import LimiterSet
 from forwarder.limits.rate import Rate, parse_rate
-from forwarder.limits.sliding_log import LimiterSet, SlidingWindowLimiter, Slot
+from forwarder.limits.sliding_log import LocalLimits, SlidingWindowLimiter, Slot
 
 # Parsing --------------------------------------------------------------------------
 
@@ -121,6 +122,12 @@ def test_parse_rate_refuses_counts_it_cannot_remember() -> None:
 # The sliding log -------------------------------------------------------------------
 
 
+def record(limiter: SlidingWindowLimiter | LimiterSet, now: float) -> None:
+    """Count a send that began and finished at `now`."""
+    permits = limiter.start(now)
+    LimiterSet.finish(permits if isinstance(permits, tuple) else (permits,), now)
+
+
 def drive(limiter: SlidingWindowLimiter | LimiterSet, arrivals: list[float]) -> list[float]:
     """Send each arrival as soon as the limiter allows, in order; returns send times.
 
@@ -137,7 +144,7 @@ def drive(limiter: SlidingWindowLimiter | LimiterSet, arrivals: list[float]) -> 
             now += wait
         else:
             pytest.fail("the limiter never let the send go")
-        limiter.record(now)
+        record(limiter, now)
         sends.append(now)
     return sends
 
@@ -220,13 +227,13 @@ def test_steady_stream_faster_than_the_limit_runs_at_the_limit(
 def test_delay_counts_down_to_the_oldest_send_leaving_the_window() -> None:
     limiter = SlidingWindowLimiter(Rate(2, 60.0))
     assert limiter.delay(0.0) == 0.0
-    limiter.record(0.0)
+    record(limiter, 0.0)
     assert limiter.delay(1.0) == 0.0
-    limiter.record(10.0)
+    record(limiter, 10.0)
     assert limiter.delay(10.0) == pytest.approx(50.0)
     assert limiter.delay(59.0) == pytest.approx(1.0)
     assert limiter.delay(60.0) == 0.0
-    limiter.record(60.0)
+    record(limiter, 60.0)
     # The oldest in the window is now the send at 10.
     assert limiter.delay(60.0) == pytest.approx(10.0)
     assert limiter.delay(1000.0) == 0.0
@@ -237,9 +244,9 @@ def test_delay_counts_down_to_the_oldest_send_leaving_the_window() -> None:
 
 def test_an_unfinished_send_blocks_its_slot() -> None:
     limiter = SlidingWindowLimiter(Rate(2, 10.0))
-    first = limiter.start()
+    first = limiter.start(0.0)
     assert limiter.delay(0.0) == 0.0
-    second = limiter.start()
+    second = limiter.start(0.0)
     assert math.isinf(limiter.delay(0.0))
     assert math.isinf(limiter.delay(1000.0))  # however long it takes
     second.done_at = 0.5  # the newer one finishing does not free the oldest slot
@@ -247,7 +254,7 @@ def test_an_unfinished_send_blocks_its_slot() -> None:
     first.done_at = 3.0
     assert limiter.delay(3.0) == pytest.approx(10.0)
     assert limiter.delay(13.0) == 0.0
-    limiter.start()
+    limiter.start(0.0)
     # Now the oldest in the log is `second`, finished at 0.5: free since 10.5.
     assert limiter.delay(13.0) == 0.0
 
@@ -256,7 +263,7 @@ def test_limiter_set_starts_and_finishes_every_limit() -> None:
     per_second = SlidingWindowLimiter(Rate(1, 1.0))
     per_minute = SlidingWindowLimiter(Rate(2, 60.0))
     both = LimiterSet(per_second, per_minute)
-    slots = both.start()
+    slots = both.start(0.0)
     assert len(slots) == 2
     assert all(isinstance(slot, Slot) and slot.done_at is None for slot in slots)
     assert math.isinf(both.delay(5.0))  # the per-second limit waits for the answer
@@ -264,10 +271,10 @@ def test_limiter_set_starts_and_finishes_every_limit() -> None:
     assert all(slot.done_at == 2.0 for slot in slots)
     assert both.delay(2.5) == pytest.approx(0.5)
     assert both.delay(3.0) == 0.0
-    LimiterSet.finish(both.start(), 3.0)
+    LimiterSet.finish(both.start(0.0), 3.0)
     assert per_minute.delay(4.0) == pytest.approx(58.0)
     assert both.delay(4.0) == pytest.approx(58.0)
-    assert LimiterSet().start() == ()
+    assert LimiterSet().start(0.0) == ()
 
 
 def drive_with_latency(
@@ -287,7 +294,7 @@ def drive_with_latency(
             slots[which].done_at = done_at
         while index < len(arrivals) and arrivals[index] <= now and limiter.delay(now) == 0.0:
             latency = latencies[index % len(latencies)]
-            slots.append(limiter.start())
+            slots.append(limiter.start(0.0))
             starts.append(now)
             seen.append(now + split * latency)
             heapq.heappush(finishing, (now + latency, len(slots) - 1))
@@ -346,23 +353,23 @@ def test_with_latency_a_saturated_stream_still_gets_most_of_the_allowance(
 def test_limiter_set_takes_the_longest_delay() -> None:
     per_second = SlidingWindowLimiter(Rate(2, 1.0))
     per_minute = SlidingWindowLimiter(Rate(3, 60.0))
-    both = LimiterSet(per_second, None, per_minute)
+    both = LimiterSet(per_second, per_minute)
     for now in (0.0, 0.1):
         assert both.delay(now) == 0.0
-        both.record(now)
+        record(both, now)
     assert per_second.delay(0.2) == pytest.approx(0.8)
     assert both.delay(0.2) == pytest.approx(0.8)
-    both.record(1.0)
+    record(both, 1.0)
     assert per_second.delay(1.15) == 0.0
     assert per_minute.delay(1.15) == pytest.approx(58.85)
     assert both.delay(1.15) == pytest.approx(58.85)
 
 
 def test_empty_limiter_set_is_unlimited() -> None:
-    empty = LimiterSet(None, None)
+    empty = LimiterSet()
     for i in range(1000):
         assert empty.delay(float(i) * 1e-6) == 0.0
-        empty.record(float(i) * 1e-6)
+        record(empty, float(i) * 1e-6)
 
 
 @settings(max_examples=60, deadline=None)
@@ -380,7 +387,20 @@ def test_shared_limiter_counts_sends_of_both_sets() -> None:
     shared = SlidingWindowLimiter(Rate(2, 1.0))
     login = LimiterSet(shared, SlidingWindowLimiter(Rate(100, 1.0)))
     logout = LimiterSet(shared)
-    login.record(0.0)
-    logout.record(0.0)
+    record(login, 0.0)
+    record(logout, 0.0)
     assert login.delay(0.5) == pytest.approx(0.5)
     assert logout.delay(0.5) == pytest.approx(0.5)
+
+
+def test_local_backend_gives_limits_naming_one_counter_one_limiter() -> None:
+    backend = LocalLimits()
+    login = backend.limiter(Rate(5, 60.0, counter="per-grant"))
+    logout = backend.limiter(Rate(5, 60.0, counter="per-grant"))
+    assert login is logout
+    assert backend.limiter(Rate(5, 60.0)) is not backend.limiter(Rate(5, 60.0))
+    record(login, 0.0)
+    assert logout.delay(0.0) == 0.0
+    for _ in range(4):
+        record(logout, 0.0)
+    assert login.delay(1.0) == pytest.approx(59.0)

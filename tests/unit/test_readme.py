@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forwarder.config import Settings, env_name
+from forwarder.config import documented_env_names
 from forwarder.ops.metrics import Metrics
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
@@ -16,7 +16,7 @@ README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 
 def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"^\| `(FORWARDER_[A-Z0-9_]+)` \|", README, re.MULTILINE))
-    assert documented == {env_name(name) for name in Settings.model_fields}
+    assert documented == documented_env_names()
 
 
 def test_every_documented_metric_is_exported_and_vice_versa() -> None:
