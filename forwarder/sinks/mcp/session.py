@@ -1,0 +1,368 @@
+"""One MCP session over the Streamable HTTP transport, shared by every call in flight.
+
+The client is written over httpx rather than with the official SDK's client: the
+SDK turns HTTP 401, 429 and 5xx into one generic JSON-RPC error (-32603), losing the
+status and the `Retry-After` that the forwarder's credentials halt, throttling and
+circuit breaker act on. The server-sent events of an answer are read with
+`httpx-sse`, so no event-stream parsing is written here.
+
+What the transport asks of a client, and where it is done:
+- every message is a POST to the one endpoint, accepting JSON or an event stream;
+  an answer is one JSON object, or an SSE stream carrying it among notifications
+  and requests the server makes (a ping is answered, anything else refused);
+- `initialize` offers the newest revision this client speaks and takes the one the
+  server chose, then `notifications/initialized`; the `Mcp-Session-Id` it returned
+  and `MCP-Protocol-Version` go on every later request;
+- a session may end at any time: HTTP 404 on a request with a session id, or HTTP
+  400 with JSON-RPC error -32000, starts a new session and the request is sent once
+  more; many calls that meet the same ended session start one new session together;
+- a stream that ends before the response, after an event id (2025-11-25 lets a
+  server hang up to be polled), is resumed with a GET carrying `Last-Event-ID`,
+  after the `retry` the server asked for;
+- the session is ended with DELETE on close.
+
+Each exchange has one deadline, `timeout`, however the answer is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from forwarder import __version__
+from forwarder.core.retry import parse_retry_after
+from forwarder.ops.logs import Throttle, get_logger
+from forwarder.sinks.credentials import TokenSource
+from forwarder.sinks.mcp import messages
+from forwarder.sinks.mcp.messages import (
+    PROTOCOL_VERSIONS,
+    ProtocolError,
+    RpcError,
+    RpcResponse,
+    ServerRequest,
+)
+
+USER_AGENT: Final = f"legiti-forwarder/{__version__}"
+SESSION_HEADER: Final = "Mcp-Session-Id"
+VERSION_HEADER: Final = "MCP-Protocol-Version"
+SESSION_NOT_FOUND: Final = -32000
+CLOSE_TIMEOUT: Final = 2.0
+RENEWAL_LOG_PERIOD: Final = 60.0
+_BASE_HEADERS: Final = {
+    "Accept": "application/json, text/event-stream",
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+}
+
+
+class HttpFailure(NamedTuple):
+    """An HTTP answer that carries no JSON-RPC response."""
+
+    status: int
+    body: bytes
+    retry_after: float | None
+
+
+class NoAnswer(NamedTuple):
+    """No answer (`timeout`, `error`), or one that is not MCP (`invalid_answer`)."""
+
+    code: str
+    detail: str
+
+
+class Incompatible(NamedTuple):
+    """The server would not start a session this client can speak."""
+
+    detail: str
+
+
+class Expired(NamedTuple):
+    """The session ended, a new one was started, and it ended at once too."""
+
+
+Reply = RpcResponse | HttpFailure | NoAnswer | Incompatible | Expired
+_ACCEPTED: Final = RpcResponse({}, None)  # what a notification gets: HTTP 202 and no body
+_EXPIRED: Final = Expired()
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """A session the server accepted; `session_id` is None for a server without sessions."""
+
+    session_id: str | None
+    protocol_version: str
+    server: str
+    headers: dict[str, str]
+
+
+class Session:
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource | None,
+        *,
+        timeout: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._url = httpx.URL(url)
+        self._token = token
+        self._timeout = timeout
+        # Keep-alive connections for every call that may be in flight; redirects are
+        # answers to classify (a wrong URL), not to follow.
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+        )
+        self._live: Established | None = None
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._bearer_for: str | None = None
+        self._authorization = ""
+        self._log = get_logger("forwarder.sinks.mcp")
+        self._throttle = Throttle(RENEWAL_LOG_PERIOD)
+
+    @property
+    def established(self) -> Established | None:
+        return self._live
+
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> Reply:
+        """Send one request and return its answer, starting or renewing the session as
+        needed; never raises for what the far end does."""
+        live = self._live or await self._establish(None)
+        if not isinstance(live, Established):
+            return live
+        reply = await self._post(method, params, live)
+        if not isinstance(reply, Expired):
+            return reply
+        renewed = await self._establish(live)
+        if not isinstance(renewed, Established):
+            return renewed
+        return await self._post(method, params, renewed)
+
+    async def aclose(self) -> None:
+        """End the session (a server that does not allow it answers 405: fine) and
+        close the connections."""
+        live, self._live = self._live, None
+        try:
+            if live is not None and live.session_id is not None:
+                try:
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await self._client.delete(self._url, headers=self._headers(live.headers))
+                except (TimeoutError, httpx.HTTPError) as exc:
+                    self._log.info("could not end the MCP session", error=repr(exc))
+        finally:
+            await self._client.aclose()
+
+    # Session set-up ----------------------------------------------------------------
+
+    async def _establish(self, ended: Established | None) -> Established | Reply:
+        """The live session; a new one when there is none or `ended` is still the live one.
+
+        Under a lock, so the calls that met the same ended session start one together."""
+        async with self._lock:
+            live = self._live
+            if live is not None and live is not ended:
+                return live
+            self._live = None
+            if ended is not None:
+                suppressed = self._throttle.allow("renewal", time.monotonic())
+                if suppressed is not None:
+                    self._log.info(
+                        "the MCP session ended; starting a new one", suppressed=suppressed
+                    )
+            started = await self._initialize()
+            if isinstance(started, Established):
+                self._live = started
+            return started
+
+    async def _initialize(self) -> Established | Reply:
+        request_id = next(self._ids)
+        reply, headers = await self._exchange(
+            messages.initialize(request_id), self._headers(_BASE_HEADERS), request_id, None
+        )
+        if not isinstance(reply, RpcResponse):
+            return reply
+        if reply.error is not None:
+            return Incompatible(f"initialize refused: {reply.error.code} {reply.error.message}")
+        result = reply.result or {}
+        version = result.get("protocolVersion")
+        if version not in PROTOCOL_VERSIONS:
+            return Incompatible(
+                f"the server speaks MCP {version!r}; this forwarder speaks "
+                f"{', '.join(PROTOCOL_VERSIONS)}"
+            )
+        info = result.get("serverInfo")
+        server = (
+            f"{info.get('name')} {info.get('version')}" if isinstance(info, dict) else "unknown"
+        )
+        session_id = headers.get(SESSION_HEADER) if headers is not None else None
+        fixed = dict(_BASE_HEADERS)
+        fixed[VERSION_HEADER] = version
+        if session_id is not None:
+            fixed[SESSION_HEADER] = session_id
+        established = Established(session_id, version, server, fixed)
+        reply, _ = await self._exchange(
+            messages.INITIALIZED, self._headers(fixed), None, established
+        )
+        if not isinstance(reply, RpcResponse):
+            return reply
+        self._log.info(
+            "MCP session started",
+            server=server,
+            protocol_version=version,
+            session=session_id is not None,
+        )
+        return established
+
+    # Exchanges ---------------------------------------------------------------------
+
+    async def _post(self, method: str, params: dict[str, Any] | None, live: Established) -> Reply:
+        request_id = next(self._ids)
+        body = messages.request(request_id, method, params)
+        reply, _ = await self._exchange(body, self._headers(live.headers), request_id, live)
+        return reply
+
+    def _headers(self, fixed: dict[str, str]) -> dict[str, str]:
+        if self._token is None:
+            return fixed
+        token = self._token.token
+        if token is not self._bearer_for:
+            self._authorization = f"Bearer {token}"
+            self._bearer_for = token
+        return {**fixed, "Authorization": self._authorization}
+
+    async def _exchange(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        request_id: int | None,
+        live: Established | None,
+    ) -> tuple[Reply, httpx.Headers | None]:
+        """POST one message and read its answer; `request_id` None for a notification."""
+        request = self._client.build_request("POST", self._url, content=body, headers=headers)
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.send(request, stream=True)
+                try:
+                    return await self._answer(response, request_id, live), response.headers
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return NoAnswer("timeout", f"no answer within {self._timeout:g}s"), None
+        except httpx.TimeoutException as exc:
+            return NoAnswer("timeout", f"no answer within the timeout: {exc!r}"), None
+        except httpx.TransportError as exc:
+            return NoAnswer("error", f"{type(exc).__name__}: {exc}"), None
+        except (ProtocolError, SSEError, UnicodeDecodeError) as exc:
+            return NoAnswer("invalid_answer", str(exc)), None
+
+    async def _answer(
+        self, response: httpx.Response, request_id: int | None, live: Established | None
+    ) -> Reply:
+        status = response.status_code
+        if request_id is None:
+            if status in (200, 202, 204):
+                return _ACCEPTED
+        elif status == 200:
+            kind = _media_type(response)
+            if kind == "application/json":
+                found = messages.read(messages.parse(await response.aread()), request_id)
+                if isinstance(found, RpcResponse):
+                    return found
+                raise ProtocolError(f"a JSON answer without the response to request {request_id}")
+            if kind == "text/event-stream":
+                return await self._events(response, request_id, live)
+            raise ProtocolError(f"an answer of type {kind or 'none'!r}")
+        body = await response.aread()
+        if live is not None and live.session_id is not None and _session_ended(status, body):
+            return _EXPIRED
+        return HttpFailure(
+            status, body, parse_retry_after(response.headers.get("retry-after"), time.time())
+        )
+
+    async def _events(
+        self, response: httpx.Response, request_id: int, live: Established | None
+    ) -> RpcResponse:
+        """Read the event stream until the response to `request_id`, resuming it if the
+        server hangs up first after an event id."""
+        last_event_id: str | None = None
+        retry_ms: int | None = None
+        stream = response
+        try:
+            while True:
+                async for event in EventSource(stream).aiter_sse():
+                    if event.id:
+                        last_event_id = event.id
+                    if event.retry is not None:
+                        retry_ms = event.retry
+                    if not event.data:  # a priming event: only its id counts
+                        continue
+                    found = messages.read(messages.parse(event.data), request_id)
+                    if isinstance(found, RpcResponse):
+                        return found
+                    if isinstance(found, ServerRequest) and live is not None:
+                        await self._reply_to(found, live)
+                if last_event_id is None or live is None:
+                    raise ProtocolError("the event stream ended without the response")
+                if stream is not response:
+                    await stream.aclose()
+                if retry_ms:
+                    await asyncio.sleep(retry_ms / 1000)
+                stream = await self._resume(last_event_id, live)
+        finally:
+            if stream is not response:
+                await stream.aclose()
+
+    async def _resume(self, last_event_id: str, live: Established) -> httpx.Response:
+        headers = {**self._headers(live.headers), "Accept": "text/event-stream"}
+        headers["Last-Event-ID"] = last_event_id
+        del headers["Content-Type"]
+        request = self._client.build_request("GET", self._url, headers=headers)
+        stream = await self._client.send(request, stream=True)
+        if stream.status_code != 200 or _media_type(stream) != "text/event-stream":
+            status = stream.status_code
+            await stream.aclose()
+            raise ProtocolError(f"resuming the event stream was answered HTTP {status}")
+        return stream
+
+    async def _reply_to(self, asked: ServerRequest, live: Established) -> None:
+        """Answer what the server asked mid-answer: a ping, yes; nothing else is offered."""
+        if asked.method == "ping":
+            body = messages.reply(asked.id, {}, None)
+        else:
+            body = messages.reply(asked.id, None, RpcError(-32601, f"{asked.method} not supported"))
+        try:
+            await self._client.post(self._url, content=body, headers=self._headers(live.headers))
+        except httpx.HTTPError as exc:
+            self._log.debug("could not answer the MCP server", method=asked.method, error=repr(exc))
+
+
+def _media_type(response: httpx.Response) -> str:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _session_ended(status: int, body: bytes) -> bool:
+    """HTTP 404 on a request with a session id; or, from some servers, HTTP 400 with
+    JSON-RPC error -32000."""
+    if status == 404:
+        return True
+    if status != 400:
+        return False
+    try:
+        message = messages.parse(body)
+    except ProtocolError:
+        return False
+    error = message.get("error") if isinstance(message, dict) else None
+    return isinstance(error, dict) and error.get("code") == SESSION_NOT_FOUND
