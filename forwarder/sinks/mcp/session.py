@@ -47,6 +47,7 @@ from forwarder.sinks.mcp.messages import (
     RpcResponse,
     ServerRequest,
 )
+from forwarder.sinks.mcp.transport import StreamingTransport
 
 USER_AGENT: Final = f"legiti-forwarder/{__version__}"
 SESSION_HEADER: Final = "Mcp-Session-Id"
@@ -114,15 +115,15 @@ class Session:
         self._url = httpx.URL(url)
         self._token = token
         self._timeout = timeout
-        # Keep-alive connections for every call that may be in flight; redirects are
-        # answers to classify (a wrong URL), not to follow.
+        # Keep-alive connections for every call that may be in flight, and two more for
+        # what a session does beside them (a renewal, an answer to a ping). Redirects are
+        # answers to classify (a wrong URL), not to follow. Proxies from the environment
+        # are reqwest's business: httpx would route them past the transport.
         self._client = httpx.AsyncClient(
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            transport=transport or StreamingTransport(max_connections + 2),
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
+            trust_env=False,
         )
         self._live: Established | None = None
         self._lock = asyncio.Lock()
