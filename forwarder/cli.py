@@ -76,10 +76,10 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
-    from forwarder.commands.run import StartupError, pipeline_options
+    from forwarder.commands.run import StartupError, load_policy_file
 
     try:
-        pipeline_options(settings)
+        load_policy_file(settings.limits)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -7,8 +7,8 @@ from collections import Counter
 
 import orjson
 
-from forwarder.core.dead_letters import KafkaDeadLetters
 from forwarder.core.events import SourceRecord
+from forwarder.kafka.dead_letters import KafkaDeadLetters
 from tests.conftest import eventually
 from tests.integration.kafka_helpers import (
     committed,

@@ -107,7 +107,12 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
 
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"consumer_group": True, "credentials": True, "circuit": True}
+    assert ready.json()["checks"] == {
+        "consumer_group": True,
+        "credentials": True,
+        "circuit": True,
+        "sink_configuration": True,
+    }
 
     entries = check_json_lines(forwarder.stderr())
     # Per-event success is logged at debug only; this forwarder runs at info.
@@ -167,6 +172,7 @@ async def test_wrong_token_halts_without_dead_letters_and_heals_from_the_file(
                     "consumer_group": True,
                     "credentials": False,
                     "circuit": True,
+                    "sink_configuration": True,
                 }
                 and await forwarder.metric("forwarder_in_flight_events") == 0
             )
