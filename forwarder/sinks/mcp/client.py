@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
-import httpx
-
 from forwarder.core.events import TRACK_LOGIN, TRACK_LOGOUT, AuthEvent
 from forwarder.ops.logs import get_logger
 from forwarder.sinks.base import SinkMisconfigured
@@ -58,15 +56,12 @@ class McpSink:
         logout_tool: str = TRACK_LOGOUT,
         denied: AbstractSet[str] = frozenset(),
         limit_windows: Mapping[str, Sequence[float]] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`denied` holds the forwarder's tools (`track_login`, `track_logout`) that the
         policy file denies; `limit_windows` the policy's limit windows (seconds) per
         forwarder tool, for a rate-limit denial that does not name its window."""
-        self._session = Session(
-            url, token, timeout=timeout, max_connections=max_connections, transport=transport
-        )
+        self._session = Session(url, token, timeout=timeout, max_connections=max_connections)
         self._names = {TRACK_LOGIN: login_tool, TRACK_LOGOUT: logout_tool}
         self._denied = frozenset(denied)
         self._windows = {tool: tuple((limit_windows or {}).get(tool, ())) for tool in self._names}

@@ -1,10 +1,11 @@
 """One MCP session over the Streamable HTTP transport, shared by every call in flight.
 
-The client is written over httpx rather than with the official SDK's client: the
-SDK turns HTTP 401, 429 and 5xx into one generic JSON-RPC error (-32603), losing the
-status and the `Retry-After` that the forwarder's credentials halt, throttling and
-circuit breaker act on. The server-sent events of an answer are read with
-`httpx-sse`, so no event-stream parsing is written here.
+The client is written over httpx (on the project's pyreqwest client, see
+`transport.py`) rather than with the official SDK's client: the SDK turns HTTP 401,
+429 and 5xx into one generic JSON-RPC error (-32603), losing the status and the
+`Retry-After` that the forwarder's credentials halt, throttling and circuit breaker
+act on. The server-sent events of an answer are read with `httpx-sse`, so no
+event-stream parsing is written here.
 
 What the transport asks of a client, and where it is done:
 - every message is a POST to the one endpoint, accepting JSON or an event stream;
@@ -37,7 +38,7 @@ from httpx_sse import EventSource, SSEError
 
 from forwarder import __version__
 from forwarder.core.retry import parse_retry_after
-from forwarder.ops.logs import Throttle, get_logger
+from forwarder.ops.logs import RepeatSuppressor, get_logger
 from forwarder.sinks.credentials import TokenSource
 from forwarder.sinks.mcp import messages
 from forwarder.sinks.mcp.messages import (
@@ -110,7 +111,6 @@ class Session:
         *,
         timeout: float,
         max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._url = httpx.URL(url)
         self._token = token
@@ -120,7 +120,7 @@ class Session:
         # answers to classify (a wrong URL), not to follow. Proxies from the environment
         # are reqwest's business: httpx would route them past the transport.
         self._client = httpx.AsyncClient(
-            transport=transport or StreamingTransport(max_connections + 2),
+            transport=StreamingTransport(max_connections + 2),
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             trust_env=False,
@@ -131,7 +131,7 @@ class Session:
         self._bearer_for: str | None = None
         self._authorization = ""
         self._log = get_logger("forwarder.sinks.mcp")
-        self._throttle = Throttle(RENEWAL_LOG_PERIOD)
+        self._repeats = RepeatSuppressor(RENEWAL_LOG_PERIOD)
 
     @property
     def established(self) -> Established | None:
@@ -177,7 +177,7 @@ class Session:
                 return live
             self._live = None
             if ended is not None:
-                suppressed = self._throttle.allow("renewal", time.monotonic())
+                suppressed = self._repeats.allow("renewal", time.monotonic())
                 if suppressed is not None:
                     self._log.info(
                         "the MCP session ended; starting a new one", suppressed=suppressed
