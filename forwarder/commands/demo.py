@@ -4,15 +4,22 @@ A local Kafka-compatible broker and a local Legiti stand-in are started, a few
 thousand synthetic events are published (with duplicates, malformed records and
 a user Legiti rejects, so every path shows up), and the same `Forwarder` that
 `forwarder run` uses moves them across while a progress line shows the counters.
+
+With `--sink mcp` the events go the MCP way instead: through a local gateway (grant
+token, a default-deny policy that limits logouts to a number per second, so some
+calls are refused and retried after the window) to a local MCP server built with
+the official SDK, which calls the same Legiti stand-in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -22,7 +29,9 @@ from forwarder.config import load_settings
 from forwarder.core.dead_letters import REASONS
 from forwarder.core.events import ActionType
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
+from forwarder.sandbox.gateway import Gateway, GatewayPolicy
 from forwarder.sandbox.legiti import Faults, LegitiStub
+from forwarder.sandbox.mcp_server import McpServerStub
 from forwarder.sandbox.topics import Outgoing, create_topic, produce
 
 TOPIC = "auth-events"
@@ -30,7 +39,28 @@ PARTITIONS = 4
 USERS = 200
 REJECTED_USER = "user-rejected-by-legiti"
 DEMO_TOKEN = "demo-token"
+DEMO_GRANT = "demo-grant"
+LOGOUTS_PER_SECOND = 50
+DEMO_POLICY = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "track_login": {},
+        "track_logout": {
+            "limits": [
+                {
+                    "counter": "logouts",
+                    "window": "second",
+                    "max": LOGOUTS_PER_SECOND,
+                    "scope": "grant",
+                }
+            ]
+        },
+    },
+}
 TIME_LIMIT = 50.0
+MCP_TIME_LIMIT = 150.0
+"""The MCP way runs the gateway and the server in this process too, and is throttled."""
 
 Message = tuple[bytes | None, list[tuple[str, bytes]]]
 
@@ -150,15 +180,67 @@ class _Counters:
         }
 
 
-async def _demo(events: int, metrics_port: int) -> int:
+@dataclass
+class Sandbox:
+    """The far end the demo's events go to: the settings that point the forwarder at it,
+    and the summary lines it adds."""
+
+    legiti: LegitiStub
+    settings: dict[str, str]
+    summary: Callable[[], list[str]]
+
+
+@contextlib.asynccontextmanager
+async def _legiti_sandbox(sink: str) -> AsyncIterator[Sandbox]:
+    faults = Faults(error_rate=0.01, reject_user_ids={REJECTED_USER}, seed=3)
+    async with LegitiStub(tokens={DEMO_TOKEN}, faults=faults) as legiti:
+        if sink == "legiti":
+            settings = {
+                "FORWARDER_LEGITI_BASE_URL": legiti.url,
+                "FORWARDER_LEGITI_API_TOKEN": DEMO_TOKEN,
+            }
+            yield Sandbox(legiti, settings, list)
+            return
+        async with (
+            McpServerStub(legiti.url, DEMO_TOKEN) as server,
+            Gateway(
+                server.url, GatewayPolicy.parse(DEMO_POLICY), frozenset({DEMO_GRANT})
+            ) as gateway,
+        ):
+
+            def summary() -> list[str]:
+                lines = [
+                    f"  mcp calls {tool:<14}{server.calls[tool]}" for tool in sorted(server.calls)
+                ]
+                for tool in sorted(gateway.denials):
+                    lines.append(
+                        f"  denied {tool:<17}{gateway.denials[tool]}"
+                        f" ({gateway.rate_limited[tool]} over {LOGOUTS_PER_SECOND}/second,"
+                        " retried after the window)"
+                    )
+                lines.append(f"  mcp sessions        {gateway.sessions_started}")
+                return lines
+
+            settings = {
+                "FORWARDER_SINK": "mcp",
+                "FORWARDER_MCP_URL": gateway.url,
+                "FORWARDER_MCP_TOKEN": DEMO_GRANT,
+            }
+            yield Sandbox(legiti, settings, summary)
+
+
+async def _demo(events: int, metrics_port: int, sink: str) -> int:
     plan = synthetic_events(events)
     total = len(plan.messages)
-    print(
-        f"starting a local Kafka-compatible broker and a local Legiti API (total {total} records)"
+    far_end = (
+        "a local Legiti API"
+        if sink == "legiti"
+        else "a local MCP gateway, MCP server and Legiti API"
     )
+    print(f"starting a local Kafka-compatible broker and {far_end} (total {total} records)")
     with SandboxBroker() as broker:
-        faults = Faults(error_rate=0.01, reject_user_ids={REJECTED_USER}, seed=3)
-        async with LegitiStub(tokens={DEMO_TOKEN}, faults=faults) as legiti:
+        async with _legiti_sandbox(sink) as sandbox:
+            legiti = sandbox.legiti
             await _publish(broker.bootstrap, plan)
             print(
                 f"published {total} records to {TOPIC!r} ({PARTITIONS} partitions): "
@@ -166,11 +248,10 @@ async def _demo(events: int, metrics_port: int) -> int:
             )
             settings = load_settings(
                 {
+                    **sandbox.settings,
                     "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
                     "FORWARDER_KAFKA_TOPICS": TOPIC,
                     "FORWARDER_KAFKA_GROUP_ID": "forwarder-demo",
-                    "FORWARDER_LEGITI_BASE_URL": legiti.url,
-                    "FORWARDER_LEGITI_API_TOKEN": DEMO_TOKEN,
                     "FORWARDER_METRICS_HOST": "127.0.0.1",
                     "FORWARDER_METRICS_PORT": str(metrics_port),
                     "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
@@ -188,14 +269,15 @@ async def _demo(events: int, metrics_port: int) -> int:
             task = asyncio.create_task(forwarder.run(stop))
             counters = _Counters(forwarder)
             started = time.monotonic()
-            busy = await _progress(counters, total, started, task)
+            limit = TIME_LIMIT if sink == "legiti" else MCP_TIME_LIMIT
+            busy = await _progress(counters, total, started, task, limit)
             stop.set()
             await task
-            return _summary(counters, plan, legiti, forwarder, busy, total)
+            return _summary(counters, plan, legiti, forwarder, busy, total, sandbox.summary())
 
 
 async def _progress(
-    counters: _Counters, total: int, started: float, task: asyncio.Task[None]
+    counters: _Counters, total: int, started: float, task: asyncio.Task[None], limit: float
 ) -> float:
     """Show the counters until every record is finished; return seconds spent working
     (from the first record consumed, so the group join is not counted)."""
@@ -225,8 +307,8 @@ async def _progress(
         if task.done():
             task.result()
             raise RuntimeError("the forwarder stopped before the demo finished")
-        if now - started > TIME_LIMIT:
-            raise TimeoutError(f"the demo did not finish within {TIME_LIMIT:.0f}s")
+        if now - started > limit:
+            raise TimeoutError(f"the demo did not finish within {limit:.0f}s")
         await asyncio.sleep(0.1)
 
 
@@ -237,6 +319,7 @@ def _summary(
     forwarder: Forwarder,
     elapsed: float,
     total: int,
+    sink_lines: list[str],
 ) -> int:
     snap = counters.snapshot()
     print("\nsummary")
@@ -249,7 +332,10 @@ def _summary(
         value = counters.value("forwarder_events_dead_lettered_total", reason=reason)
         if value:
             print(f"  dead-lettered {reason:<18}{value}")
-    print(f"  retries             {snap['retries']} (injected 503s, all recovered)")
+    retried = "injected 503s" if not sink_lines else "injected 503s and rate-limit denials"
+    print(f"  retries             {snap['retries']} ({retried}, all recovered)")
+    for line in sink_lines:
+        print(line)
     print(f"  legiti accepted     {len(legiti.accepted)} requests")
     rate = total / elapsed
     print(
@@ -261,7 +347,7 @@ def _summary(
     return 0 if ok else 1
 
 
-def run_demo(events: int, metrics_port: int) -> int:
+def run_demo(events: int, metrics_port: int, sink: str = "legiti") -> int:
     from forwarder.cli import run_event_loop
     from forwarder.ops.logs import configure
 
@@ -270,7 +356,7 @@ def run_demo(events: int, metrics_port: int) -> int:
     if port and not _port_free(port):
         port = free_port()
     try:
-        result: int = run_event_loop(_demo(events, port))
+        result: int = run_event_loop(_demo(events, port, sink))
     except BrokerUnavailable as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
