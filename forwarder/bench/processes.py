@@ -214,6 +214,47 @@ class SinkProcess:
         self.child.stop()
 
 
+class McpServerProcess:
+    """The sandbox MCP server (`forwarder.sandbox.mcp_server`, the official SDK's server)
+    in a process of its own, answering in JSON, in front of the Legiti stand-in at
+    `legiti_url`."""
+
+    def __init__(self, log_dir: Path, legiti_url: str) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "forwarder.sandbox.mcp_server",
+            "--json",
+            "--legiti",
+            legiti_url,
+            "--legiti-token",
+            TOKEN,
+        ]
+        env = {**clean_environment(), "PYTHONUNBUFFERED": "1"}
+        self.child = Child("mcp-server", argv, log_dir, env)
+        self.url = ""
+
+    async def start(self, within: float = 30.0) -> McpServerProcess:
+        """Wait for the `listening URL` line it prints once it serves."""
+        deadline = time.monotonic() + within
+        try:
+            while not self.url:
+                self.child.check_alive()
+                for line in self.child.output().splitlines():
+                    if line.startswith("listening "):
+                        self.url = line.removeprefix("listening ").strip()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the MCP server did not start; see {self.child.log_path}")
+                await asyncio.sleep(0.02)
+        except BaseException:
+            self.child.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
 def delivery_rate(stats: dict[str, Any]) -> float:
     """Accepted requests per second between the first and the last one, as the sink saw them."""
     span = stats["wall_last_accepted_at"] - stats["wall_first_accepted_at"]

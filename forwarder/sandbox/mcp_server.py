@@ -243,7 +243,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
         json_response=args.json,
     )
-    asyncio.run(_serve_until_signalled(server))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve_until_signalled(server))
+    else:
+        uvloop.run(_serve_until_signalled(server))
 
 
 if __name__ == "__main__":
