@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -56,11 +57,13 @@ VERSION_HEADER: Final = "MCP-Protocol-Version"
 SESSION_NOT_FOUND: Final = -32000
 CLOSE_TIMEOUT: Final = 2.0
 RENEWAL_LOG_PERIOD: Final = 60.0
-_BASE_HEADERS: Final = {
-    "Accept": "application/json, text/event-stream",
-    "Content-Type": "application/json",
-    "User-Agent": USER_AGENT,
-}
+Headers = tuple[tuple[bytes, bytes], ...]
+_POST: Final = (
+    (b"Accept", b"application/json, text/event-stream"),
+    (b"Content-Type", b"application/json"),
+    (b"Accept-Encoding", b"identity"),
+)
+_RESUME: Final = ((b"Accept", b"text/event-stream"), (b"Accept-Encoding", b"identity"))
 
 
 class HttpFailure(NamedTuple):
@@ -95,12 +98,13 @@ _EXPIRED: Final = Expired()
 
 @dataclass(frozen=True, slots=True)
 class Established:
-    """A session the server accepted; `session_id` is None for a server without sessions."""
+    """A session the server accepted; `session_id` is None for a server without sessions.
+    `headers` are what every request of the session carries."""
 
     session_id: str | None
     protocol_version: str
     server: str
-    headers: dict[str, str]
+    headers: Headers
 
 
 class Session:
@@ -116,20 +120,19 @@ class Session:
         self._token = token
         self._timeout = timeout
         # Keep-alive connections for every call that may be in flight, and two more for
-        # what a session does beside them (a renewal, an answer to a ping). Redirects are
-        # answers to classify (a wrong URL), not to follow. Proxies from the environment
-        # are reqwest's business: httpx would route them past the transport.
-        self._client = httpx.AsyncClient(
-            transport=StreamingTransport(max_connections + 2),
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        # what a session does beside them (a renewal, an answer to a ping). Requests go
+        # to the transport as they are, as the REST sink's do: `httpx.AsyncClient`'s
+        # per-request machinery (header merging, cookies, auth and redirect hooks) cost
+        # more CPU than the exchange itself, and none of it is wanted (a redirect is an
+        # answer to classify, not to follow).
+        self._transport = StreamingTransport(max_connections + 2)
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._fixed: Headers = ((b"Host", self._url.netloc), (b"User-Agent", USER_AGENT.encode()))
         self._live: Established | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._bearer_for: str | None = None
-        self._authorization = ""
+        self._authorization: Headers = ()
         self._log = get_logger("forwarder.sinks.mcp")
         self._repeats = RepeatSuppressor(RENEWAL_LOG_PERIOD)
 
@@ -159,11 +162,12 @@ class Session:
             if live is not None and live.session_id is not None:
                 try:
                     async with asyncio.timeout(CLOSE_TIMEOUT):
-                        await self._client.delete(self._url, headers=self._headers(live.headers))
+                        response = await self._send("DELETE", live.headers)
+                        await response.aclose()
                 except (TimeoutError, httpx.HTTPError) as exc:
                     self._log.info("could not end the MCP session", error=repr(exc))
         finally:
-            await self._client.aclose()
+            await self._transport.aclose()
 
     # Session set-up ----------------------------------------------------------------
 
@@ -189,9 +193,7 @@ class Session:
 
     async def _initialize(self) -> Established | Reply:
         request_id = next(self._ids)
-        reply, headers = await self._exchange(
-            messages.initialize(request_id), self._headers(_BASE_HEADERS), request_id, None
-        )
+        reply, headers = await self._exchange(messages.initialize(request_id), (), request_id, None)
         if not isinstance(reply, RpcResponse):
             return reply
         if reply.error is not None:
@@ -208,14 +210,11 @@ class Session:
             f"{info.get('name')} {info.get('version')}" if isinstance(info, dict) else "unknown"
         )
         session_id = headers.get(SESSION_HEADER) if headers is not None else None
-        fixed = dict(_BASE_HEADERS)
-        fixed[VERSION_HEADER] = version
+        fixed: Headers = ((VERSION_HEADER.encode(), version.encode()),)
         if session_id is not None:
-            fixed[SESSION_HEADER] = session_id
+            fixed += ((SESSION_HEADER.encode(), session_id.encode("latin-1")),)
         established = Established(session_id, version, server, fixed)
-        reply, _ = await self._exchange(
-            messages.INITIALIZED, self._headers(fixed), None, established
-        )
+        reply, _ = await self._exchange(messages.INITIALIZED, fixed, None, established)
         if not isinstance(reply, RpcResponse):
             return reply
         self._log.info(
@@ -231,30 +230,45 @@ class Session:
     async def _post(self, method: str, params: dict[str, Any] | None, live: Established) -> Reply:
         request_id = next(self._ids)
         body = messages.request(request_id, method, params)
-        reply, _ = await self._exchange(body, self._headers(live.headers), request_id, live)
+        reply, _ = await self._exchange(body, live.headers, request_id, live)
         return reply
 
-    def _headers(self, fixed: dict[str, str]) -> dict[str, str]:
-        if self._token is None:
-            return fixed
-        token = self._token.token
-        if token is not self._bearer_for:
-            self._authorization = f"Bearer {token}"
-            self._bearer_for = token
-        return {**fixed, "Authorization": self._authorization}
+    def _send(
+        self, method: str, headers: Headers, body: bytes | None = None
+    ) -> Awaitable[httpx.Response]:
+        """One request, with the fixed headers, the session's and the grant token."""
+        token = self._token
+        if token is not None and token.token is not self._bearer_for:
+            self._bearer_for = token.token
+            self._authorization = ((b"Authorization", f"Bearer {token.token}".encode()),)
+        if body is None:
+            every = (*self._fixed, *headers, *self._authorization)
+        else:
+            length = (b"Content-Length", b"%d" % len(body))
+            every = (*self._fixed, *_POST, *headers, *self._authorization, length)
+        request = httpx.Request(
+            method,
+            self._url,
+            headers=list(every),
+            stream=httpx.ByteStream(body or b""),
+            extensions=self._extensions,
+        )
+        # httpx copies the URL into every Request; the transport's parsed-URL cache wants
+        # the session's own object back.
+        request.url = self._url
+        return self._transport.handle_async_request(request)
 
     async def _exchange(
         self,
         body: bytes,
-        headers: dict[str, str],
+        headers: Headers,
         request_id: int | None,
         live: Established | None,
     ) -> tuple[Reply, httpx.Headers | None]:
         """POST one message and read its answer; `request_id` None for a notification."""
-        request = self._client.build_request("POST", self._url, content=body, headers=headers)
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.send(request, stream=True)
+                response = await self._send("POST", headers, body)
                 try:
                     return await self._answer(response, request_id, live), response.headers
                 finally:
@@ -326,11 +340,8 @@ class Session:
                 await stream.aclose()
 
     async def _resume(self, last_event_id: str, live: Established) -> httpx.Response:
-        headers = {**self._headers(live.headers), "Accept": "text/event-stream"}
-        headers["Last-Event-ID"] = last_event_id
-        del headers["Content-Type"]
-        request = self._client.build_request("GET", self._url, headers=headers)
-        stream = await self._client.send(request, stream=True)
+        resume = (*_RESUME, *live.headers, (b"Last-Event-ID", last_event_id.encode("latin-1")))
+        stream = await self._send("GET", resume)
         if stream.status_code != 200 or _media_type(stream) != "text/event-stream":
             status = stream.status_code
             await stream.aclose()
@@ -344,7 +355,8 @@ class Session:
         else:
             body = messages.reply(asked.id, None, RpcError(-32601, f"{asked.method} not supported"))
         try:
-            await self._client.post(self._url, content=body, headers=self._headers(live.headers))
+            response = await self._send("POST", live.headers, body)
+            await response.aclose()
         except httpx.HTTPError as exc:
             self._log.debug("could not answer the MCP server", method=asked.method, error=repr(exc))
 
