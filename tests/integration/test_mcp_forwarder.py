@@ -4,6 +4,10 @@ per-user order, no loss, de-duplication, dead letters with reasons, halts that h
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +18,12 @@ import pytest
 
 from forwarder.commands.run import Forwarder
 from forwarder.config import Settings, load_settings
+from forwarder.core.policy import parse_policy
 from forwarder.sandbox.gateway import Gateway, GatewayPolicy
 from forwarder.sandbox.legiti import LegitiStub
 from forwarder.sandbox.mcp_server import McpServerStub
+from forwarder.sinks.base import SinkMisconfigured
+from forwarder.sinks.factory import build_sink
 from forwarder.sinks.mcp.client import McpSink
 from tests.conftest import eventually
 from tests.integration.kafka_helpers import (
@@ -199,3 +206,56 @@ def test_the_forwarder_builds_the_mcp_sink_from_its_settings() -> None:
     assert forwarder.credentials is not None
     assert forwarder.credentials.token == GRANT
     assert isinstance(forwarder.sink, McpSink)
+
+
+async def test_the_policy_file_lets_a_denied_tool_be_missing(server: McpServerStub) -> None:
+    policy = parse_policy({"version": "1", "tools": {"track_logout": {"action": "deny"}}})
+    hiding = GatewayPolicy.parse({"version": "1", "tools": {"track_logout": {"action": "deny"}}})
+    async with Gateway(server.url, hiding, hide_denied=True) as gateway:
+        config = mcp_settings("127.0.0.1:9", "t", gateway.url)
+        without_policy = build_sink(config.sink).sink
+        with_policy = build_sink(config.sink, policy).sink
+        try:
+            with pytest.raises(SinkMisconfigured, match="track_logout"):
+                await without_policy.open()
+            await with_policy.open()
+        finally:
+            await without_policy.aclose()
+            await with_policy.aclose()
+
+
+def test_demo_through_the_gateway_prints_the_mcp_summary() -> None:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("FORWARDER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "forwarder", "demo", "--sink", "mcp", "--events", "600",
+         "--metrics-port", "0"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in out + result.stderr
+    assert "MCP gateway, MCP server and Legiti API" in out
+    consumed = _number(r"^\s*consumed\s+(\d+)\s*$", out)
+    calls = {tool: _number(rf"^\s*mcp calls {tool}\s+(\d+)", out) for tool in TOOL_NAMES}
+    forwarded = sum(int(n) for n in re.findall(r"^\s*forwarded \w+\s+(\d+)", out, re.M))
+    finished = sum(
+        int(n) for n in re.findall(r"^\s*(?:duplicates|dead-lettered \w+)\s+(\d+)", out, re.M)
+    )
+    accepted = _number(r"legiti accepted\s+(\d+)", out)
+    assert forwarded + finished == consumed >= 600
+    assert accepted == forwarded
+    assert sum(calls.values()) >= forwarded  # the 503s Legiti injects are called again
+    assert re.search(r"^\s*mcp sessions\s+1$", out, re.MULTILINE), out
+
+
+TOOL_NAMES = ("track_login", "track_logout")
+
+
+def _number(pattern: str, text: str) -> int:
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{pattern!r} not in the demo's output:\n{text}"
+    return int(match[1])
