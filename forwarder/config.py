@@ -174,6 +174,13 @@ class KafkaSettings(Section):
         ge=1,
         description="records consumed and unfinished before fetching pauses",
     )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024,
+        alias="max_buffered_bytes",
+        ge=1024,
+        description="bytes of records (values and keys) consumed and unfinished before"
+        " fetching pauses",
+    )
     commit_interval_seconds: float = Field(
         1.0,
         alias="commit_interval_seconds",

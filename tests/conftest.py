@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -24,17 +24,31 @@ def broker() -> Iterator[SandboxBroker]:
         yield running
 
 
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]],
+    timeout: float = 30.0,  # noqa: ASYNC109 - the deadline reads best inline
+    what: str = "",
+    interval: float = 0.05,
+) -> None:
+    """Wait for a condition that must be awaited (an HTTP probe, a scraped metric)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
+
+
 async def eventually(
     predicate: Callable[[], bool],
     timeout: float = 15.0,  # noqa: ASYNC109 - the deadline reads best inline
     what: str = "",
 ) -> None:
     """Wait for a condition instead of sleeping a guessed amount of time."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
+
+    async def holds() -> bool:
+        return predicate()
+
+    await wait_until(holds, timeout, what or str(predicate), interval=0.02)
 
 
 @pytest.fixture

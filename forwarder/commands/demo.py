@@ -28,17 +28,20 @@ from forwarder.commands.run import Forwarder
 from forwarder.config import load_settings
 from forwarder.core.dead_letters import REASONS
 from forwarder.core.events import ActionType
+from forwarder.ops.logs import configure
+from forwarder.runtime import run_event_loop
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
 from forwarder.sandbox.gateway import Gateway, GatewayPolicy
 from forwarder.sandbox.legiti import Faults, LegitiStub
 from forwarder.sandbox.mcp_server import McpServerStub
+from forwarder.sandbox.samples import Samples
+from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import Outgoing, create_topic, produce
 
 TOPIC = "auth-events"
 PARTITIONS = 4
 USERS = 200
 REJECTED_USER = "user-rejected-by-legiti"
-DEMO_TOKEN = "demo-token"
 DEMO_GRANT = "demo-grant"
 LOGOUTS_PER_SECOND = 50
 DEMO_POLICY = {
@@ -159,31 +162,21 @@ def _user_key(value: bytes | None, headers: list[tuple[str, bytes]]) -> bytes | 
     return str(user).encode() if user is not None else None
 
 
-class _Counters:
-    def __init__(self, forwarder: Forwarder) -> None:
-        self._registry = forwarder.metrics.registry
-
-    def value(self, name: str, **labels: str) -> int:
-        return int(self._registry.get_sample_value(name, labels) or 0)
-
-    def snapshot(self) -> dict[str, int]:
-        dead = sum(self.value("forwarder_events_dead_lettered_total", reason=r) for r in REASONS)
-        return {
-            "consumed": self.value("forwarder_events_consumed_total"),
-            "forwarded": sum(
-                self.value("forwarder_events_forwarded_total", action_type=a.value)
-                for a in ActionType
-            ),
-            "duplicates": self.value("forwarder_events_duplicate_total"),
-            "dead_lettered": dead,
-            "retries": self.value("forwarder_retries_total"),
-        }
+def _snapshot(samples: Samples) -> dict[str, int]:
+    return {
+        "consumed": int(samples.total("forwarder_events_consumed_total")),
+        "forwarded": int(samples.total("forwarder_events_forwarded_total")),
+        "duplicates": int(samples.total("forwarder_events_duplicate_total")),
+        "dead_lettered": int(samples.total("forwarder_events_dead_lettered_total")),
+        "retries": int(samples.total("forwarder_retries_total")),
+    }
 
 
 @dataclass
 class Sandbox:
-    """The far end the demo's events go to: the settings that point the forwarder at it,
-    and the summary lines it adds."""
+    """The far end the demo's events go to: the settings that point the forwarder at it
+    (public names in lower case, as `sandbox_env` takes them), and the summary lines it
+    adds."""
 
     legiti: LegitiStub
     settings: dict[str, str]
@@ -191,18 +184,14 @@ class Sandbox:
 
 
 @contextlib.asynccontextmanager
-async def _legiti_sandbox(sink: str) -> AsyncIterator[Sandbox]:
+async def _far_end(sink: str) -> AsyncIterator[Sandbox]:
     faults = Faults(error_rate=0.01, reject_user_ids={REJECTED_USER}, seed=3)
-    async with LegitiStub(tokens={DEMO_TOKEN}, faults=faults) as legiti:
+    async with LegitiStub(faults=faults) as legiti:
         if sink == "legiti":
-            settings = {
-                "FORWARDER_LEGITI_BASE_URL": legiti.url,
-                "FORWARDER_LEGITI_API_TOKEN": DEMO_TOKEN,
-            }
-            yield Sandbox(legiti, settings, list)
+            yield Sandbox(legiti, {}, list)
             return
         async with (
-            McpServerStub(legiti.url, DEMO_TOKEN) as server,
+            McpServerStub(legiti.url) as server,
             Gateway(
                 server.url, GatewayPolicy.parse(DEMO_POLICY), frozenset({DEMO_GRANT})
             ) as gateway,
@@ -221,11 +210,7 @@ async def _legiti_sandbox(sink: str) -> AsyncIterator[Sandbox]:
                 lines.append(f"  mcp sessions        {gateway.sessions_started}")
                 return lines
 
-            settings = {
-                "FORWARDER_SINK": "mcp",
-                "FORWARDER_MCP_URL": gateway.url,
-                "FORWARDER_MCP_TOKEN": DEMO_GRANT,
-            }
+            settings = {"sink": "mcp", "mcp_url": gateway.url, "mcp_token": DEMO_GRANT}
             yield Sandbox(legiti, settings, summary)
 
 
@@ -239,45 +224,35 @@ async def _demo(events: int, metrics_port: int, sink: str) -> int:
     )
     print(f"starting a local Kafka-compatible broker and {far_end} (total {total} records)")
     with SandboxBroker() as broker:
-        async with _legiti_sandbox(sink) as sandbox:
+        async with _far_end(sink) as sandbox:
             legiti = sandbox.legiti
             await _publish(broker.bootstrap, plan)
             print(
                 f"published {total} records to {TOPIC!r} ({PARTITIONS} partitions): "
                 f"{plan.duplicates} re-published copies, {plan.malformed} malformed"
             )
-            settings = load_settings(
-                {
-                    **sandbox.settings,
-                    "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-                    "FORWARDER_KAFKA_TOPICS": TOPIC,
-                    "FORWARDER_KAFKA_GROUP_ID": "forwarder-demo",
-                    "FORWARDER_METRICS_HOST": "127.0.0.1",
-                    "FORWARDER_METRICS_PORT": str(metrics_port),
-                    "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
-                    "FORWARDER_RETRY_MAX_BACKOFF_SECONDS": "0.5",
-                    "FORWARDER_COMMIT_INTERVAL_SECONDS": "0.25",
-                    # The sandbox broker holds a new group's first join for half the session
-                    # timeout; a short one keeps the demo brisk.
-                    "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "3000",
-                    "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-                    "FORWARDER_LOG_LEVEL": "ERROR",
-                }
+            env = sandbox_env(
+                broker.bootstrap,
+                TOPIC,
+                legiti.url,
+                kafka_group_id="forwarder-demo",
+                metrics_port=metrics_port,
+                log_level="ERROR",
+                **sandbox.settings,
             )
-            forwarder = Forwarder(settings)
+            forwarder = Forwarder(load_settings(env))
             stop = asyncio.Event()
             task = asyncio.create_task(forwarder.run(stop))
-            counters = _Counters(forwarder)
             started = time.monotonic()
             limit = TIME_LIMIT if sink == "legiti" else MCP_TIME_LIMIT
-            busy = await _progress(counters, total, started, task, limit)
+            busy = await _progress(forwarder, total, started, task, limit)
             stop.set()
             await task
-            return _summary(counters, plan, legiti, forwarder, busy, total, sandbox.summary())
+            return _summary(forwarder, legiti, busy, total, sandbox.summary())
 
 
 async def _progress(
-    counters: _Counters, total: int, started: float, task: asyncio.Task[None], limit: float
+    forwarder: Forwarder, total: int, started: float, task: asyncio.Task[None], limit: float
 ) -> float:
     """Show the counters until every record is finished; return seconds spent working
     (from the first record consumed, so the group join is not counted)."""
@@ -285,7 +260,7 @@ async def _progress(
     last_print = 0.0
     first_consumed: float | None = None
     while True:
-        snap = counters.snapshot()
+        snap = _snapshot(Samples.of_registry(forwarder.metrics.registry))
         if first_consumed is None and snap["consumed"]:
             first_consumed = time.monotonic()
         done = snap["forwarded"] + snap["duplicates"] + snap["dead_lettered"]
@@ -313,23 +288,18 @@ async def _progress(
 
 
 def _summary(
-    counters: _Counters,
-    plan: Plan,
-    legiti: LegitiStub,
-    forwarder: Forwarder,
-    elapsed: float,
-    total: int,
-    sink_lines: list[str],
+    forwarder: Forwarder, legiti: LegitiStub, elapsed: float, total: int, sink_lines: list[str]
 ) -> int:
-    snap = counters.snapshot()
+    samples = Samples.of_registry(forwarder.metrics.registry)
+    snap = _snapshot(samples)
     print("\nsummary")
     print(f"  consumed            {snap['consumed']}")
     for action in ActionType:
-        value = counters.value("forwarder_events_forwarded_total", action_type=action.value)
+        value = int(samples.value("forwarder_events_forwarded_total", action_type=action.value))
         print(f"  forwarded {action.value:<14}{value}")
     print(f"  duplicates          {snap['duplicates']} (not sent again)")
     for reason in REASONS:
-        value = counters.value("forwarder_events_dead_lettered_total", reason=reason)
+        value = int(samples.value("forwarder_events_dead_lettered_total", reason=reason))
         if value:
             print(f"  dead-lettered {reason:<18}{value}")
     retried = "injected 503s" if not sink_lines else "injected 503s and rate-limit denials"
@@ -348,9 +318,6 @@ def _summary(
 
 
 def run_demo(events: int, metrics_port: int, sink: str = "legiti") -> int:
-    from forwarder.cli import run_event_loop
-    from forwarder.ops.logs import configure
-
     configure("ERROR", "console")
     port = metrics_port
     if port and not _port_free(port):

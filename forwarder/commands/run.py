@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -23,17 +22,19 @@ from forwarder.engine.dead_letter_writer import DeadLetterStore
 from forwarder.engine.pipeline import Pipeline
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
-from forwarder.kafka.source import KafkaSource
+from forwarder.kafka.source import CLOSE_STEP_TIMEOUT, COMMIT_TIMEOUT, KafkaSource
 from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.health import HealthServer
-from forwarder.ops.logs import get_logger, register_secret
+from forwarder.ops.logs import RepeatSuppressor, get_logger, register_secret
 from forwarder.ops.metrics import Metrics
+from forwarder.runtime import install_signal_handlers
 from forwarder.sinks.base import Sink, SinkMisconfigured
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
 from forwarder.sinks.outcome import Misconfigured
 
 TOKEN_CHECK_INTERVAL = 1.0
+TOKEN_ERROR_LOG_PERIOD = 60.0
 T = TypeVar("T")
 
 
@@ -140,8 +141,16 @@ class Forwarder:
 
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        # A revoked partition's requests end within the HTTP timeout: wait that long for
+        # them (never past the shutdown timeout), inside a rebalance timeout that also
+        # leaves room for the commit after it.
+        settle_timeout = min(
+            settings.ops.shutdown_timeout_seconds, settings.sink.http_timeout_seconds + 1.0
+        )
         try:
-            consumer_kwargs = consumer_options(settings.kafka)
+            consumer_kwargs = consumer_options(
+                settings.kafka, rebalance_timeout=settle_timeout + COMMIT_TIMEOUT + 2.0
+            )
             producer_kwargs = producer_options(settings.kafka)
         except KafkaSecretError as exc:
             raise StartupError(str(exc)) from exc
@@ -163,6 +172,7 @@ class Forwarder:
                 decode=settings.decode,
                 max_in_flight=settings.sink.max_in_flight,
                 max_buffered=settings.kafka.max_buffered_events,
+                max_buffered_bytes=settings.kafka.max_buffered_bytes,
             )
             self.pipeline = pipeline
             consumer = await start_with_retry(
@@ -179,6 +189,8 @@ class Forwarder:
                 pipeline,
                 self.metrics,
                 settings.kafka.commit_interval_seconds,
+                max_poll_records=settings.kafka.max_poll_records,
+                settle_timeout=settle_timeout,
             )
             self.source = source
             try:
@@ -201,37 +213,34 @@ class Forwarder:
                     "forwarder stopped", drained=drained, committed=pipeline.committable()
                 )
         finally:
-            await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), CLOSE_STEP_TIMEOUT)
+            except TimeoutError:
+                self._log.warning("stopping the dead-letter producer timed out")
 
     async def _watch_credentials(self, stop: asyncio.Event, pipeline: Pipeline) -> None:
         credentials = self.credentials
         if credentials is None or credentials.path is None:
             return
+        token_errors = RepeatSuppressor(TOKEN_ERROR_LOG_PERIOD)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TOKEN_CHECK_INTERVAL)
             try:
                 changed = credentials.refresh()
             except TokenError as exc:
-                self._log.error("cannot re-read the API token file", error=str(exc))
+                suppressed = token_errors.allow("token-file", time.monotonic())
+                if suppressed is not None:
+                    self._log.error(
+                        "cannot re-read the API token file; the last token stays in use",
+                        error=str(exc),
+                        suppressed=suppressed,
+                    )
                 continue
             if changed:
                 self._log.info("API token file changed; using the new token")
                 pipeline.gate.credentials_changed(time.monotonic())
                 pipeline.wake()
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    log = get_logger("forwarder.commands.run")
-
-    def request_stop(signame: str) -> None:
-        if not stop.is_set():
-            log.info("signal received; shutting down", signal=signame)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
 
 
 async def run_forever(settings: Settings) -> None:

@@ -10,12 +10,12 @@ import orjson
 from forwarder.core.events import SourceRecord
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from tests.conftest import eventually
+from tests.factories import native
 from tests.integration.kafka_helpers import (
     committed,
     create_topic,
     header,
     metric,
-    native,
     produce,
     read_all,
     running,

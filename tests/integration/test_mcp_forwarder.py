@@ -22,6 +22,7 @@ from forwarder.core.policy import parse_policy
 from forwarder.sandbox.gateway import Gateway, GatewayPolicy
 from forwarder.sandbox.legiti import LegitiStub
 from forwarder.sandbox.mcp_server import McpServerStub
+from forwarder.sandbox.settings import sandbox_env
 from forwarder.sinks.base import SinkMisconfigured
 from forwarder.sinks.factory import build_sink
 from forwarder.sinks.mcp.client import McpSink
@@ -51,22 +52,12 @@ async def server(legiti: LegitiStub) -> AsyncIterator[McpServerStub]:
         yield running_server
 
 
-def mcp_settings(bootstrap: str, topic: str, url: str, **overrides: Any) -> Settings:
-    env = {
-        "FORWARDER_SINK": "mcp",
-        "FORWARDER_MCP_URL": url,
-        "FORWARDER_MCP_TOKEN": GRANT,
-        "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "FORWARDER_KAFKA_TOPICS": topic,
-        "FORWARDER_KAFKA_GROUP_ID": f"group-{topic}",
-        "FORWARDER_METRICS_PORT": "0",
-        "FORWARDER_METRICS_HOST": "127.0.0.1",
-        "FORWARDER_COMMIT_INTERVAL_SECONDS": "0.2",
-        "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
-        "FORWARDER_RETRY_MAX_BACKOFF_SECONDS": "0.5",
-        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "3000",
-        "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-    }
+def mcp_settings(bootstrap: str, topic: str, url: str, **overrides: str) -> Settings:
+    """The sandbox's settings with the MCP sink pointed at `url` (the Legiti URL the
+    sandbox settings carry is not used in this mode)."""
+    env = sandbox_env(
+        bootstrap, topic, "http://127.0.0.1:9", sink="mcp", mcp_url=url, mcp_token=GRANT
+    )
     return load_settings(env, overrides)
 
 

@@ -19,6 +19,7 @@ from forwarder.sinks.mcp.client import McpSink
 from forwarder.sinks.outcome import (
     Delivered,
     Denied,
+    Misconfigured,
     Rejected,
     Retry,
     Unauthorized,
@@ -343,7 +344,7 @@ async def test_an_http_429_from_the_gateway_carries_its_retry_after(
     ("status", "kind"),
     [
         (400, Rejected),
-        (404, Rejected),
+        (404, Misconfigured),
         (409, Rejected),
         (422, Rejected),
         (401, Unauthorized),

@@ -15,11 +15,9 @@ from forwarder.ops import logs
 from forwarder.ops.logs import RepeatSuppressor, event_fields, register_secret, scrub_secrets
 
 SECRET = "s3cr3t-t0ken-value"
-
-
-@pytest.fixture(autouse=True)
-def fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "_secrets", set())
+"""Registered secrets stay registered for the life of the process, as in the daemon, so
+every test here holds whatever else has been registered: a test expects a string to be
+scrubbed only if it registered it, and kept only if nothing registers it."""
 
 
 def scrub(**event: Any) -> dict[str, Any]:

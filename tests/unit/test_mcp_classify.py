@@ -51,7 +51,7 @@ def test_a_result_without_is_error_is_delivered(answer: dict[str, Any]) -> None:
     assert classify.tool_result(answer, TOOL, NOW) == Delivered("ok")
 
 
-@pytest.mark.parametrize("status", [400, 404, 409, 413, 422, 418])
+@pytest.mark.parametrize("status", [400, 409, 413, 422, 418])
 def test_legiti_4xx_is_a_rejection_carrying_the_text(status: int) -> None:
     outcome = judge(f'Error: Legiti API {status}: {{"error_message": {{"user_id": ["bad"]}}}}')
 
@@ -60,6 +60,15 @@ def test_legiti_4xx_is_a_rejection_carrying_the_text(status: int) -> None:
     assert outcome.status == status
     assert outcome.body == b'{"error_message": {"user_id": ["bad"]}}'
     assert f"Legiti API {status}" in outcome.detail
+
+
+@pytest.mark.parametrize("status", [404, 405, 301])
+def test_legiti_at_the_wrong_place_is_the_servers_misconfiguration(status: int) -> None:
+    outcome = judge(f"Error: Legiti API {status}: Not Found")
+
+    assert isinstance(outcome, Misconfigured)
+    assert outcome.code == f"tool_error_{status}"
+    assert "MCP server calls Legiti at the wrong place" in outcome.detail
 
 
 @pytest.mark.parametrize("status", [401, 403])

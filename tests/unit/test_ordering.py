@@ -16,10 +16,10 @@ from forwarder.core.events import (
     TRACK_LOGOUT,
     ActionType,
     AuthEvent,
-    SourceRecord,
 )
 from forwarder.core.offsets import PartitionOffsets
 from forwarder.core.scheduler import Job, Scheduler
+from tests.factories import record
 
 _offsets = itertools.count()
 
@@ -33,16 +33,13 @@ def job(
     action: ActionType = ActionType.LOGIN_SUCCESS,
     offset: int | None = None,
 ) -> Job:
-    record = SourceRecord(
+    consumed = record(
         topic=topic,
         partition=partition,
         offset=next(_offsets) if offset is None else offset,
         key=user.encode(),
-        value=b"{}",
-        headers=(),
-        timestamp_ms=0,
     )
-    return Job(record=record, event=AuthEvent(key, user, action), offsets=PartitionOffsets())
+    return Job(record=consumed, event=AuthEvent(key, user, action), offsets=PartitionOffsets())
 
 
 def scheduler(ttl: float = 3600.0, max_entries: int = 1000) -> Scheduler:
@@ -471,7 +468,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def admit(self, partition: tuple[str, int], user: str, key: str, logout: bool) -> None:
         action = ActionType.LOGOUT if logout else ActionType.LOGIN_FAILURE
         new = job(key, user, topic=partition[0], partition=partition[1], action=action)
-        new.record = SourceRecord(*partition, next(self.offset), None, b"{}", (), 0)
+        new.record = record(topic=partition[0], partition=partition[1], offset=next(self.offset))
         self.admitted.append(new)
         self.settle(self.sched.admit(new, self.now))
 

@@ -7,7 +7,8 @@ Tool results (`tools/call` answered):
 - no `isError` → `ok` → Delivered.
 - `Error: Legiti API <status>: <body>` → `tool_error_<status>` → judged as the REST
   sink judges `<status>`: 4xx Rejected (dead letter with the text), 401/403
-  Unauthorized (Legiti's key, held upstream), 429 and 5xx Retry.
+  Unauthorized (Legiti's key, held upstream), 404/405/3xx Misconfigured (the MCP
+  server's own Legiti URL is wrong), 429 and 5xx Retry.
 - a network failure upstream (`Error: fetch failed`, ECONNREFUSED, …) →
   `tool_error_network` → Retry, an outage.
 - `[POLICY DENIED]` / `[INTERCEPT POLICY DENIED]` with `Rate limit exceeded …` →
@@ -140,6 +141,10 @@ def _legiti(status: int, body: str, tool: str, text: str) -> Outcome:
         return Unauthorized(code, f"Legiti refused the API key the MCP server holds: {text}")
     if isinstance(verdict, Retry):
         return Retry(code, f"{tool}: {text}", throttled=verdict.throttled, outage=verdict.outage)
+    if isinstance(verdict, Misconfigured):
+        return Misconfigured(
+            code, f"{tool}: the MCP server calls Legiti at the wrong place ({text})"
+        )
     return Rejected(code, f"{tool}: {text}", body.encode(), status)
 
 
