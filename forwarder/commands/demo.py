@@ -208,6 +208,9 @@ async def _far_end(sink: str) -> AsyncIterator[Sandbox]:
                         " retried after the window)"
                     )
                 lines.append(f"  mcp sessions        {gateway.sessions_started}")
+                lines.append(
+                    f"  mcp calls at once   {server.most_in_flight} at most, over one session"
+                )
                 return lines
 
             settings = {"sink": "mcp", "mcp_url": gateway.url, "mcp_token": DEMO_GRANT}

@@ -27,10 +27,6 @@ class AsgiServer:
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("already started")

@@ -31,9 +31,15 @@ def test_initialized_is_a_notification() -> None:
     }
 
 
-def test_tools_list_carries_the_cursor_only_when_there_is_one() -> None:
-    assert "params" not in orjson.loads(messages.list_tools(3, None))
-    assert orjson.loads(messages.list_tools(4, "page-2"))["params"] == {"cursor": "page-2"}
+def test_a_request_carries_params_only_when_there_are_some() -> None:
+    assert orjson.loads(messages.request(3, "tools/list")) == {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/list",
+    }
+    assert orjson.loads(messages.request(4, "tools/list", {"cursor": "p2"}))["params"] == {
+        "cursor": "p2"
+    }
 
 
 def test_a_tool_call() -> None:

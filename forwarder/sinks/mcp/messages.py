@@ -61,10 +61,6 @@ def initialize(request_id: int) -> bytes:
     )
 
 
-def list_tools(request_id: int, cursor: str | None) -> bytes:
-    return request(request_id, "tools/list", None if cursor is None else {"cursor": cursor})
-
-
 def call_tool(request_id: int, tool: str, arguments: dict[str, Any]) -> bytes:
     return orjson.dumps(
         {
