@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the real pipeline against a local broker and a local Legiti stand-in"
     )
     demo.add_argument("--events", type=int, default=3000, help="synthetic events to produce")
+    demo.add_argument(
+        "--sink",
+        choices=("legiti", "mcp"),
+        default="legiti",
+        help="legiti: the REST API; mcp: Legiti's MCP tools through a local gateway",
+    )
     demo.add_argument("--metrics-port", type=int, default=9102, help="0 picks a free port")
     return parser
 
@@ -153,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
         return _kafka_tool(args)
     from forwarder.commands.demo import run_demo
 
-    return run_demo(args.events, args.metrics_port)
+    return run_demo(args.events, args.metrics_port, args.sink)

@@ -31,9 +31,10 @@ from forwarder.ops.logs import RepeatSuppressor, get_logger, register_secret
 from forwarder.ops.metrics import Metrics
 from forwarder.ops.topic_health import DEAD_LETTER, RETRY, TopicHealth
 from forwarder.runtime import install_signal_handlers
-from forwarder.sinks.base import Sink
+from forwarder.sinks.base import Sink, SinkMisconfigured
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
+from forwarder.sinks.outcome import Misconfigured
 
 TOKEN_CHECK_INTERVAL = 1.0
 TOKEN_ERROR_LOG_PERIOD = 60.0
@@ -92,8 +93,9 @@ class Forwarder:
         self.metrics = Metrics()
         if settings.kafka.sasl_password is not None:
             register_secret(settings.kafka.sasl_password.get_secret_value())
+        self.policy = load_policy_file(settings.limits)
         try:
-            built = build_sink(settings.sink)
+            built = build_sink(settings.sink, self.policy)
         except SinkSetupError as exc:
             raise StartupError(str(exc)) from exc
         self._own_sink = sink is None
@@ -101,7 +103,6 @@ class Forwarder:
         self.credentials: TokenSource | None = built.credentials
         self._sink_description = built.describe
         self._dead_letters = dead_letters
-        self.policy = load_policy_file(settings.limits)
         self.limits = LocalLimits()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
@@ -214,7 +215,11 @@ class Forwarder:
                 settle_timeout=settle_timeout,
             )
             self.source = source
-            await self.sink.open()
+            try:
+                await self.sink.open()
+            except SinkMisconfigured as exc:
+                # Not ready and nothing sent: the first send after the pause probes again.
+                pipeline.gate.misconfigured(Misconfigured("open", str(exc)), time.monotonic())
             await self.limits.start(pipeline.wake)
             pipeline.start()
             watcher = asyncio.create_task(self._watch_credentials(stop, pipeline))

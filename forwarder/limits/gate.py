@@ -49,6 +49,9 @@ from forwarder.sinks.outcome import (
 
 WARNING_PERIOD = 10.0
 HALT_LOG_PERIOD = 60.0
+MISCONFIGURED = (
+    "the sink says the forwarder is misconfigured; all sends halted, nothing dead-lettered"
+)
 
 
 class Ticket(NamedTuple):  # one per send: a named tuple is the cheapest immutable record
@@ -197,6 +200,12 @@ class SendGate:
             self._circuit_changed(outcome, now)
         return outcome
 
+    def misconfigured(self, outcome: Misconfigured, now: float) -> None:
+        """Open the configuration halt: on such an answer, or when the sink finds before
+        the first send (`Sink.open`) that it cannot take the events as configured."""
+        self._metrics.sink_misconfigured.set(1)
+        self._open(self.configuration, MISCONFIGURED, outcome, now)
+
     def credentials_changed(self, now: float) -> None:
         """New credentials arrived: probe with them now instead of waiting out the pause
         (or for a probe still out with the old ones, whose answer is now stale)."""
@@ -249,14 +258,7 @@ class SendGate:
         if isinstance(outcome, Misconfigured):
             if not (ticket.probes_configuration or self.configuration.is_closed):
                 return
-            self._metrics.sink_misconfigured.set(1)
-            self._open(
-                self.configuration,
-                "the sink says the forwarder is misconfigured; all sends halted,"
-                " nothing dead-lettered",
-                outcome,
-                now,
-            )
+            self.misconfigured(outcome, now)
         elif ticket.probes_configuration:
             self.configuration.close()
             self._rejections.clear()

@@ -118,6 +118,20 @@ def test_misconfigured_halts_without_touching_credentials_and_a_probe_heals_it()
     assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 0
 
 
+def test_a_sink_that_cannot_start_holds_every_send_until_a_probe_gets_through() -> None:
+    """What `Sink.open` found before the first send halts like a Misconfigured answer."""
+    sends, metrics = gate()
+    sends.misconfigured(Misconfigured("open", "no tool 'track_logout'"), 0.0)
+    assert not sends.configured
+    assert sends.wait(0.5) > 0
+    assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 1
+    assert sends.wait(1.0) <= 0  # the first probe, a second later
+    probe = sends.launch(TRACK_LOGIN, 1.0)
+    sends.observe(OK, probe, 1.1, in_flight=0, user="u")
+    assert sends.configured
+    assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 0
+
+
 def test_a_rejection_is_the_events_business_not_the_gates() -> None:
     sends, _ = gate(min_requests=1)
     send(sends, Rejected("400", "legiti answered 400", b"", 400), 0.0)
