@@ -475,7 +475,7 @@ async def _mcp_runs(bench: Bench, options: BenchOptions) -> dict[str, Any]:
     records = list(generate(options.mcp_events, SEED, prefix=MCP_PREFIX))
     expected = sum(not r.duplicate for r in records)
     topic = _unique("bench-mcp")
-    await create_topic(bench.broker.bootstrap, topic, PARTITIONS)
+    await create_forwarder_topics(bench.broker.bootstrap, topic, PARTITIONS)
     produced, _ = await preload(bench.broker.bootstrap, topic, iter(records))
     server = await McpServerProcess(options.log_dir, bench.sink.url).start()
     forwarder, ceiling = [], []
