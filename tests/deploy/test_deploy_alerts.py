@@ -50,6 +50,8 @@ EXPORTED_METRICS: dict[str, str] = {
     "forwarder_build_info": "info",
     "forwarder_circuit_state": "gauge",
     "forwarder_credentials_valid": "gauge",
+    "forwarder_users_parked": "gauge",
+    "forwarder_topic_writable": "gauge",
 }
 METRIC_LABELS: dict[str, set[str]] = {
     "forwarder_events_forwarded_total": {"action_type"},
@@ -57,6 +59,7 @@ METRIC_LABELS: dict[str, set[str]] = {
     "forwarder_sink_requests_total": {"code"},
     "forwarder_consumer_lag": {"topic", "partition"},
     "forwarder_build_info": {"version"},
+    "forwarder_topic_writable": {"role"},
 }
 # Labels Prometheus adds to every series scraped through the ServiceMonitor.
 TARGET_LABELS = {"namespace", "pod", "service", "container", "endpoint", "job", "instance"}
@@ -72,6 +75,8 @@ RUNBOOKS = {
     "ForwarderSinkErrors": "runbook-forwardersinkerrors",
     "ForwarderCircuitOpen": "runbook-forwardersinkerrors",
     "ForwarderNoEvents": "runbook-forwardernoevents",
+    "ForwarderUserParked": "runbook-forwarderuserparked",
+    "ForwarderDeadLetterTopicNotWritable": "runbook-forwarderdeadlettertopicnotwritable",
 }
 
 
