@@ -243,6 +243,14 @@ class ParkedLanes(Generic[T]):
         if entry.read_through < entry.written_through:
             entry.stragglers_through = entry.written_through
 
+    def awaited_retry_partitions(self) -> set[int]:
+        """Retry partitions that lanes wait to read stragglers from (never to be paused)."""
+        return {
+            entry.retry_partition
+            for entry in self._lanes.values()
+            if entry.read_through < entry.stragglers_through
+        }
+
     # Ending --------------------------------------------------------------------
 
     def settle(self, lane: LaneKey) -> bool:

@@ -283,8 +283,8 @@ class Pipeline:
         memory (until half of both is free again); one whose commit lags `max_buffered`
         records behind what was read (until half of that is committable), after
         parking its oldest record's lane if that one is failing; and those waiting for
-        their retry partition's marker. A retry partition that one waits for is never
-        paused: reading it is what ends the wait."""
+        their retry partition's marker. A retry partition that one of those, or a parked
+        lane's stragglers, waits for is never paused: reading it ends the wait."""
         buffered, held_bytes = self.buffered, self.buffered_bytes
         self._metrics.buffered.set(buffered)
         limit, resume = self.max_buffered, self.max_buffered * RESUME_FRACTION
@@ -304,7 +304,7 @@ class Pipeline:
                 self._full.discard(partition)
         paused = set(self._partitions) if self._all_full else set(self._full)
         paused.update(self._holds)
-        if self._holds:
+        if self._holds or self._parked:
             paused -= self._awaited_retry_partitions()
         return paused
 
@@ -672,13 +672,16 @@ class Pipeline:
         self._wake.set()
 
     def _awaited_retry_partitions(self) -> set[Partition]:
+        """Retry partitions that must be read for something held to go on: a marker, or
+        a parked lane's stragglers."""
+        awaited = {(self._retry_topic, r) for r in self._parked.awaited_retry_partitions()}
         partitions = self._parker.store.partitions
-        if partitions is None:
-            return set()
-        return {
-            (self._retry_topic, parking.retry_partition(source[1], partitions))
-            for source in self._holds
-        }
+        if partitions is not None:
+            awaited.update(
+                (self._retry_topic, parking.retry_partition(source[1], partitions))
+                for source in self._holds
+            )
+        return awaited
 
     # Dispatch -------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ from forwarder.ops.topic_health import DEAD_LETTER, RETRY, TopicHealth
 UNKNOWN_TOPIC = 3
 NOT_AUTHORISED = 29
 LOG_PERIOD = 60.0
+CHECK_TIMEOUT = 10.0
+"""A check that gets no answer this soon is skipped (the next one comes at its interval):
+it must never hold up the start or a stop."""
 
 
 def problem(error_code: int) -> str | None:
@@ -69,7 +72,7 @@ class TopicCheck:
         request = MetadataRequest([*roles, *self._sources], allow_auto_topic_creation=False)
         try:
             node = self._client.get_random_node()
-            response = await self._client.send(node, request)
+            response = await asyncio.wait_for(self._client.send(node, request), CHECK_TIMEOUT)
             topics = response.to_object()["topics"]
         except Exception as exc:  # the brokers away: readiness says so through the group
             if self._lines.allow("check", time.monotonic()) is not None:

@@ -410,6 +410,33 @@ async def test_a_stuck_head_holding_a_full_partition_is_parked_before_park_after
     assert await pipeline.drain(1.0)
 
 
+async def test_only_the_partition_a_stuck_record_holds_back_is_paused() -> None:
+    """Finished records behind a stuck one are not held in memory (the buffer does not
+    count them), but they lag its partition's commit: that partition alone pauses, until
+    the stuck record's lane is parked (here once the retry topic's size is known)."""
+    sender, retries = PerUser({"stuck": FAILING}), RetryTopic(partitions=None)
+    pipeline = running(
+        sender,
+        retries=retries,
+        max_buffered=5,
+        retry=quick_retries(park_after_seconds=3600, max_elapsed_seconds=0),
+    )
+    pipeline.submit(record(0, user="stuck"))
+    for offset in range(1, 8):
+        pipeline.submit(record(offset))
+    other = factories.record(factories.native("p1", "bob"), topic="t", partition=1, offset=0)
+    pipeline.submit(other)
+    await eventually(lambda: len(set(sender.keys())) == 9)
+    await eventually(lambda: pipeline.committable() == {("t", 1): 1})
+    assert pipeline.buffered == 1
+    assert pipeline.partitions_to_pause() == {("t", 0)}
+    retries.partitions = 1  # the topic check found the retry topic
+    await eventually(lambda: pipeline.partitions_to_pause() == set())
+    assert keys(retries.written[0]) == ["e0"]
+    assert pipeline.committable() == {("t", 0): 8, ("t", 1): 1}
+    assert await pipeline.drain(1.0)
+
+
 async def test_nothing_is_parked_while_sending_is_halted_for_everyone() -> None:
     sender, retries = PerUser({}), RetryTopic()
     sender.answer = FAILING
