@@ -19,49 +19,24 @@ from collections.abc import AsyncIterator
 
 import httpx
 from pyreqwest.exceptions import (
-    ConnectError,
-    ConnectTimeoutError,
-    PoolTimeoutError,
     PyreqwestError,
-    ReadTimeoutError,
-    RequestTimeoutError,
-    WriteTimeoutError,
 )
 from pyreqwest.request import StreamRequest
 from pyreqwest.response import ResponseBodyReader
 
-from forwarder.sinks.legiti.transport import ReqwestTransport
-
-_TIMEOUTS: dict[type[PyreqwestError], type[httpx.TimeoutException]] = {
-    ConnectTimeoutError: httpx.ConnectTimeout,
-    ReadTimeoutError: httpx.ReadTimeout,
-    WriteTimeoutError: httpx.WriteTimeout,
-    PoolTimeoutError: httpx.PoolTimeout,
-}
+from forwarder.sinks.legiti.transport import ReqwestTransport, translated
 
 
 class StreamingTransport(ReqwestTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        stream = request.stream
-        body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
-        headers = request.headers
-        encoding = headers.encoding
-        builder = (
-            self._connected()
-            .request(request.method, self._parsed(request.url))
-            .headers([(key.decode(encoding), value.decode(encoding)) for key, value in headers.raw])
-        )
-        if body:
-            builder = builder.body_bytes(body)
-        if (read := request.extensions.get("timeout", {}).get("read")) is not None:
-            builder = builder.timeout(self._total(read))
+        builder = await self._request(request)
         # reqwest hands the response over once this much of the body is in, or all of it:
         # one byte, so an event stream that stays open is seen as soon as it starts.
         exchange = builder.streamed_read_buffer_limit(1).build_streamed()
         try:
             response = await exchange.__aenter__()
         except PyreqwestError as exc:
-            raise _translated(exc, request) from exc
+            raise translated(exc, request) from exc
         return httpx.Response(
             status_code=response.status,
             headers=list(response.headers.items()),
@@ -86,7 +61,7 @@ class _Body(httpx.AsyncByteStream):
             try:
                 chunk = await self._reader.read_chunk()
             except PyreqwestError as exc:
-                raise _translated(exc, self._request) from exc
+                raise translated(exc, self._request) from exc
             if chunk is None:
                 return
             yield bytes(chunk)
@@ -95,13 +70,3 @@ class _Body(httpx.AsyncByteStream):
         if not self._closed:
             self._closed = True
             await self._exchange.__aexit__(None, None, None)
-
-
-def _translated(exc: PyreqwestError, request: httpx.Request) -> httpx.TransportError:
-    if isinstance(exc, RequestTimeoutError):
-        return _TIMEOUTS.get(type(exc), httpx.TimeoutException)(
-            str(exc) or "timed out", request=request
-        )
-    if isinstance(exc, ConnectError):
-        return httpx.ConnectError(str(exc), request=request)
-    return httpx.TransportError(str(exc) or type(exc).__name__, request=request)
