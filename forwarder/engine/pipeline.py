@@ -69,6 +69,8 @@ REFUSALS_ON_ITS_OWN = 2
 were accepted for another event sent no earlier than its previous refused send, is
 dead-lettered on its own instead of halting every send again."""
 PROBE_LEAD = 0.05
+"""How long after the next probe may go a job that just failed as one becomes due again:
+long enough for another waiting job to be that probe."""
 MARKER_PATIENCE = 10.0
 """How long a retry-partition marker may take to write before the source partitions
 waiting for it go ahead without it."""
@@ -341,17 +343,18 @@ class Pipeline:
             )
             offsets = self._partitions[partition] = PartitionOffsets()
             offsets.track(record.offset, size)
-        if record.topic != self._retry_topic:
-            self._metrics.consumed.inc()
         if self._holds and partition in self._holds:
             self._held[partition].append(record)
             return
         self._admit(record, offsets)
 
     def _admit(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+        """Take a record up (a held one once its marker is read): counted as consumed
+        when it comes from a source topic."""
         if record.topic == self._retry_topic:
             self._admit_parked(record, offsets)
             return
+        self._metrics.consumed.inc()
         event = self._event(record, offsets, None, 0)
         if event is None:
             return

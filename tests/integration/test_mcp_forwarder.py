@@ -28,6 +28,7 @@ from forwarder.sinks.factory import build_sink
 from forwarder.sinks.mcp.client import McpSink
 from tests.conftest import eventually
 from tests.integration.kafka_helpers import (
+    committable_of,
     create_topic,
     header,
     metric,
@@ -107,7 +108,7 @@ async def test_order_no_loss_and_dedupe_through_sessions_ending_and_faults(
             await eventually(lambda: len(legiti.accepted) == 120, what="every event", timeout=30)
             pipeline = forwarder.pipeline
             assert pipeline is not None
-            await eventually(lambda: sum(pipeline.committable().values()) == 123)
+            await eventually(lambda: sum(committable_of(pipeline, topic).values()) == 123)
             assert metric(forwarder, "forwarder_events_duplicate_total") == 3
             assert metric(forwarder, "forwarder_sink_requests_total", code="http_429") == 1
             assert metric(forwarder, "forwarder_sink_requests_total", code="tool_error_503") >= 1
