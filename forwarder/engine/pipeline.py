@@ -21,19 +21,15 @@ Records the forwarder reads back from the retry topic go through the same
 pipeline, with the budget and attempts they carry.
 
 After an assignment, a source partition's records wait until the forwarder has
-read its retry partition up to a marker it wrote there: only then does it know
-every lane of that partition that has copies parked, whose new events must be
-parked behind them.
+read its retry partition up to a marker it wrote there (`MarkerHolds`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -47,6 +43,7 @@ from forwarder.core.policy import Policy
 from forwarder.core.retry import RetryPolicy
 from forwarder.core.scheduler import Job, Partition, Scheduler
 from forwarder.engine.dead_letter_writer import DeadLetterWriter, Headers
+from forwarder.engine.markers import MarkerHolds
 from forwarder.engine.park_writer import ParkedWrite, ParkWriter
 from forwarder.limits.gate import SendGate, Ticket
 from forwarder.ops.logs import RepeatSuppressor, event_fields, get_logger
@@ -71,12 +68,6 @@ dead-lettered on its own instead of halting every send again."""
 PROBE_LEAD = 0.05
 """How long after the next probe may go a job that just failed as one becomes due again:
 long enough for another waiting job to be that probe."""
-MARKER_PATIENCE = 10.0
-"""How long a retry-partition marker may take to write before the source partitions
-waiting for it go ahead without it."""
-MARKER_READ_PATIENCE = 60.0
-"""How long after it was written a marker may take to be read back (a consumer that
-starts at the end of a new group's retry partition never reads it)."""
 
 
 class Pipeline:
@@ -106,10 +97,7 @@ class Pipeline:
         self._retry_topic = parker.store.topic
         self._park_after = park_after
         self._parked: ParkedLanes[Job] = ParkedLanes()
-        self._holds: dict[Partition, str] = {}
-        self._held: dict[Partition, list[SourceRecord]] = {}
-        self._markers = (f"{uuid.uuid4().hex[:12]}-{number}" for number in itertools.count())
-        self._marker_timers: dict[str, asyncio.TimerHandle] = {}
+        self._markers = MarkerHolds(parker, self._release_partition)
         self._full: set[Partition] = set()
         self._all_full = False
         self._last_delivered_sent_at = float("-inf")
@@ -169,9 +157,7 @@ class Pipeline:
         settled = await self._settle_until(None, deadline)
         self._dispatching = False
         self._wake.set()
-        for timer in self._marker_timers.values():
-            timer.cancel()
-        self._marker_timers.clear()
+        self._markers.close()
         if self._dispatcher is not None:
             await self._dispatcher
         for handoff in self._idle:
@@ -237,15 +223,14 @@ class Pipeline:
         new = [partition for partition in assigned if partition not in self._partitions]
         for partition in assigned:
             self._partitions.setdefault(partition, PartitionOffsets())
-        self._hold_until_markers(new)
+        self._markers.assigned(self._partitions, new)
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
         revoked = {p for p in partitions if p in self._partitions}
         for partition in revoked:
             del self._partitions[partition]
-            self._holds.pop(partition, None)
-            self._held.pop(partition, None)
             self._full.discard(partition)
+        self._markers.revoked(revoked)
         for job in self._scheduler.cancel(revoked, self._clock()):
             self._finish_duplicate(job)
         self._parker.drop(revoked.__contains__)
@@ -305,8 +290,8 @@ class Pipeline:
             elif span <= resume:
                 self._full.discard(partition)
         paused = set(self._partitions) if self._all_full else set(self._full)
-        paused.update(self._holds)
-        if self._holds or self._parked:
+        if self._markers or self._parked:
+            paused.update(self._markers.held)
             paused -= self._awaited_retry_partitions()
         return paused
 
@@ -343,8 +328,8 @@ class Pipeline:
             )
             offsets = self._partitions[partition] = PartitionOffsets()
             offsets.track(record.offset, size)
-        if self._holds and partition in self._holds:
-            self._held[partition].append(record)
+        if self._markers and partition in self._markers:
+            self._markers.keep(partition, record)
             return
         self._admit(record, offsets)
 
@@ -400,9 +385,7 @@ class Pipeline:
         a parked event that goes on with the budget and attempts it carries."""
         if parking.is_marker(record):
             self._finish_offset(record, offsets)
-            for name, value in record.headers:
-                if name == parking.MARKER:
-                    self._release_marker(value.decode("utf-8", "replace"))
+            self._markers.read(record)
             return
         copy = parking.read_parked(record)
         if copy is not None and copy.dead_letter:
@@ -585,106 +568,19 @@ class Pipeline:
             on_unwritable=partial(self._park_dead_letter, record, offsets),
         )
 
-    # Markers ----------------------------------------------------------------------
-
-    def _hold_until_markers(self, new: list[Partition]) -> None:
-        """Hold newly assigned source partitions, and those whose retry partition is
-        newly assigned, until a marker written now to that retry partition is read back."""
-        partitions = self._parker.store.partitions
-        if partitions is None or not new:
-            return
-        retry_topic = self._retry_topic
-        new_retry = {p for t, p in new if t == retry_topic}
-        owned_retry = {p for t, p in self._partitions if t == retry_topic}
-        new_source = set(new)
-        markers: dict[int, str] = {}
-        for source in self._partitions:
-            if source[0] == retry_topic:
-                continue
-            retry_partition = parking.retry_partition(source[1], partitions)
-            if source not in new_source and retry_partition not in new_retry:
-                continue
-            if retry_partition not in owned_retry:
-                self._log.warning(
-                    "retry partition consumed by another member: per-user order of parked"
-                    " events is not kept for this partition (give the retry topic as many"
-                    " partitions as the source topic)",
-                    topic=source[0],
-                    partition=source[1],
-                    retry_partition=retry_partition,
-                )
-                continue
-            marker = markers.get(retry_partition)
-            if marker is None:
-                marker = markers[retry_partition] = next(self._markers)
-                self._write_marker(retry_partition, marker)
-            self._holds[source] = marker
-            self._held.setdefault(source, [])
-
-    def _write_marker(self, retry_partition: int, marker: str) -> None:
-        headers = [(parking.MARKER, marker.encode())]
-        record = SourceRecord(self._retry_topic, retry_partition, -1, None, marker.encode(), (), 0)
-        self._parker.write(
-            ("marker", retry_partition),
-            ParkedWrite(
-                retry_partition,
-                record,
-                headers,
-                None,
-                (self._retry_topic, retry_partition),
-                on_written=lambda _offset: self._marker_written(marker),
-                on_too_large=partial(self._release_marker, marker),
-                patience=MARKER_PATIENCE,
-                on_given_up=partial(self._marker_not_written, marker),
-            ),
-        )
-
-    def _marker_written(self, marker: str) -> None:
-        if marker in self._holds.values():
-            self._marker_timers[marker] = asyncio.get_running_loop().call_later(
-                MARKER_READ_PATIENCE, self._marker_unread, marker
-            )
-
-    def _marker_unread(self, marker: str) -> None:
-        self._log.warning(
-            "a marker written to the retry topic was not read back in time; reading the"
-            " source partitions without it (a parked user's new events may overtake its"
-            " parked ones)"
-        )
-        self._release_marker(marker)
-
-    def _marker_not_written(self, marker: str) -> None:
-        self._log.warning(
-            "cannot write a marker to the retry topic; reading the source partitions"
-            " without waiting for it (a parked user's new events may overtake its parked ones)"
-        )
-        self._release_marker(marker)
-
-    def _release_marker(self, marker: str) -> None:
-        timer = self._marker_timers.pop(marker, None)
-        if timer is not None:
-            timer.cancel()
-        for source, awaited in list(self._holds.items()):
-            if awaited != marker:
-                continue
-            del self._holds[source]
-            offsets = self._partitions.get(source)
-            for record in self._held.pop(source, []):
-                if offsets is not None:
-                    self._admit(record, offsets)
+    def _release_partition(self, partition: Partition, records: list[SourceRecord]) -> None:
+        """A held partition's marker was read back: take up what was held, in order."""
+        offsets = self._partitions.get(partition)
+        if offsets is not None:
+            for record in records:
+                self._admit(record, offsets)
         self._wake.set()
 
     def _awaited_retry_partitions(self) -> set[Partition]:
         """Retry partitions that must be read for something held to go on: a marker, or
         a parked lane's stragglers."""
         awaited = {(self._retry_topic, r) for r in self._parked.awaited_retry_partitions()}
-        partitions = self._parker.store.partitions
-        if partitions is not None:
-            awaited.update(
-                (self._retry_topic, parking.retry_partition(source[1], partitions))
-                for source in self._holds
-            )
-        return awaited
+        return awaited | self._markers.awaited()
 
     # Dispatch -------------------------------------------------------------------------
 
