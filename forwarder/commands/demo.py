@@ -144,7 +144,10 @@ class _Counters:
                 self.value("forwarder_events_forwarded_total", action_type=a.value)
                 for a in ActionType
             ),
-            "duplicates": self.value("forwarder_events_duplicate_total"),
+            "duplicates": sum(
+                self.value("forwarder_events_duplicate_total", scope=scope)
+                for scope in ("local", "shared")
+            ),
             "dead_lettered": dead,
             "retries": self.value("forwarder_retries_total"),
         }
