@@ -4,8 +4,9 @@ stand-in per test, and a private Redis for tests that take it away."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -41,13 +42,20 @@ def private_redis() -> Iterator[SandboxRedis]:
 
 
 async def eventually(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], bool | Awaitable[bool]],
     timeout: float = 15.0,  # noqa: ASYNC109 - the deadline reads best inline
     what: str = "",
 ) -> None:
-    """Wait for a condition instead of sleeping a guessed amount of time."""
+    """Wait for a condition instead of sleeping a guessed amount of time.
+
+    The predicate may be a coroutine function, for conditions that need a round trip."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+
+    async def holds() -> bool:
+        answer = predicate()
+        return await answer if inspect.isawaitable(answer) else answer
+
+    while not await holds():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.02)

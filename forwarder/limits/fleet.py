@@ -281,6 +281,7 @@ class FleetLimits:
         self._next_id = 0
         self._limiters: dict[tuple[str, int, float], FleetLimiter] = {}
         self._kick = asyncio.Event()
+        self._closing = False
         self._wake: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
 
@@ -311,10 +312,12 @@ class FleetLimits:
         self._task = asyncio.create_task(self._run(), name="fleet-limits")
 
     async def aclose(self) -> None:
+        """Stop the refill task (after the call under way, if any: cancelling it inside
+        `asyncio.timeout` can be lost on Python 3.11), then give back unused permits."""
+        self._closing = True
+        self._kick.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         if self.up:
             now = self._clock()
@@ -347,13 +350,15 @@ class FleetLimits:
     async def _run(self) -> None:
         if not self._limiters:
             return  # no limit configured: nothing to share
-        while True:
+        while not self._closing:
             wait = self._due(self._clock()) - self._clock()
             if wait > 0 and not self._kick.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(None if wait == math.inf else wait):
                         await self._kick.wait()
             self._kick.clear()
+            if self._closing:
+                return
             now = self._clock()
             if self._both_ends and now >= self.both_until:
                 self._both_ends = False

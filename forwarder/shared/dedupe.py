@@ -101,6 +101,7 @@ class SharedDedupe:
         self._releases: list[str] = []
         self._retry_at = -math.inf
         self._kick = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     # The engine's side ---------------------------------------------------------------
@@ -156,10 +157,10 @@ class SharedDedupe:
 
     async def aclose(self) -> None:
         """Write what is queued (briefly), give up the claims still held, disconnect."""
+        self._closing = True
+        self._kick.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task  # not cancelled: see FleetLimits.aclose
             self._task = None
         self._releases += list(self._held)
         self._held.clear()
@@ -173,7 +174,7 @@ class SharedDedupe:
 
     async def _run(self) -> None:
         renew_every = self.claim_ttl / 3
-        while True:
+        while not self._closing:
             now = self._clock()
             # Down: probe at the retry time. Up: renew due claims now and then.
             wake_at = now + renew_every if self._status.up else max(self._retry_at, now)
@@ -182,6 +183,8 @@ class SharedDedupe:
                     async with asyncio.timeout(wake_at - now):
                         await self._kick.wait()
             self._kick.clear()
+            if self._closing:
+                return
             if not self._status.up and self._clock() < self._retry_at:
                 continue
             try:

@@ -96,7 +96,9 @@ async def test_duplicates_are_counted_not_sent(broker, legiti) -> None:
     async with running(settings(broker.bootstrap, topic, legiti.url)) as forwarder:
         await eventually(lambda: len(legiti.accepted) == 10)
         await produce(broker.bootstrap, topic, first[:4])
-        await eventually(lambda: metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 4)
+        await eventually(
+            lambda: metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 4
+        )
     assert len(legiti.requests) == 10
     assert metric(forwarder, "forwarder_events_consumed_total") == 14
 
@@ -108,7 +110,9 @@ async def test_copy_in_flight_waits_for_the_first_copy(broker, legiti) -> None:
     await produce(broker.bootstrap, topic, [native("same", "u1")], partition=0)
     await produce(broker.bootstrap, topic, [native("same", "u1")], partition=1)
     async with running(settings(broker.bootstrap, topic, legiti.url)) as forwarder:
-        await eventually(lambda: metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 1)
+        await eventually(
+            lambda: metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 1
+        )
         pipeline = forwarder.pipeline
         assert pipeline is not None
         await eventually(lambda: pipeline.committable() == {(topic, 0): 1, (topic, 1): 1})
