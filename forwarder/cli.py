@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import os
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from forwarder import __version__
-from forwarder.config import ConfigError, Settings, flag_name, load_settings, masked
+from forwarder.config import (
+    ConfigError,
+    Settings,
+    flag_name,
+    load_settings,
+    masked,
+    public_fields,
+)
 from forwarder.ops.logs import configure
+from forwarder.runtime import run_event_loop, tune_garbage_collector
 
 EXIT_CONFIG = 2
-T = TypeVar("T")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, generated so the CLI can never fall behind the settings."""
     group = parser.add_argument_group("settings (override FORWARDER_* variables and the file)")
-    for name, field in Settings.model_fields.items():
+    for name, field in public_fields().items():
         group.add_argument(
             flag_name(name), dest=f"setting_{name}", metavar="VALUE", help=field.description
         )
@@ -69,10 +73,10 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
-    from forwarder.commands.run import StartupError, pipeline_options
+    from forwarder.commands.run import StartupError, load_policy_file
 
     try:
-        pipeline_options(settings)
+        load_policy_file(settings.limits)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -85,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"forwarder: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(settings.log_level, settings.log_format)
+    configure(settings.ops.log_level, settings.ops.log_format)
     from forwarder.commands.run import StartupError, run_forever
 
     tune_garbage_collector()
@@ -95,24 +99,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"forwarder: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
-
-
-def tune_garbage_collector() -> None:
-    """What is loaded by now lives as long as the process: keep the collector from walking
-    it again and again. Sending creates no reference cycles, so the young generation can
-    be collected less often (the benchmark measured ~15% of CPU in the collector before)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(2_000, 10, 10)
-
-
-def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """uvloop where it is installed (Linux, the container): it is markedly cheaper per event."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,18 +1,25 @@
 """Configuration: defaults ← `FORWARDER_*` environment ← TOML file ← CLI flags.
 
+Settings come in sections (kafka, sink, limits, retry, dedupe, decode, ops), each a
+model validated once with its defaults written once, so that a part of the program
+takes only the section it uses and a command that never talks to Legiti (reading
+dead letters, say) never has to supply a Legiti URL. The names an operator uses
+stay flat: every field carries its public name as its alias (`kafka_bootstrap_servers`
+is `FORWARDER_KAFKA_BOOTSTRAP_SERVERS`, the TOML key `kafka_bootstrap_servers` and the
+flag `--kafka-bootstrap-servers`), and those names are a contract.
+
 The merge is done here rather than by a settings framework so that every error
-can name the key the way the operator wrote it (`FORWARDER_MAX_IN_FLIGHT`,
-`max_in_flight` in the TOML file, or `--max-in-flight`), which is what a person
-reading a crash-looping pod's last log line needs. Validation itself is pydantic.
+can name the key the way the operator wrote it, which is what a person reading a
+crash-looping pod's last log line needs. Validation itself is pydantic.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -21,9 +28,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    computed_field,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from forwarder.limits.rate import Rate, parse_rate
 
@@ -54,156 +63,317 @@ OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_none)]
 OptionalStr = Annotated[str | None, BeforeValidator(_empty_is_none)]
 
 
-class Settings(BaseModel):
-    """Every setting of the forwarder; field names are the TOML keys and, upper-cased
-    behind `FORWARDER_`, the environment variable names."""
+class Section(BaseModel):
+    """A group of settings; each field's alias is its public (flat) name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, arbitrary_types_allowed=True
+    )
 
-    # Kafka source
-    kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
-    kafka_topics: CsvList = Field(min_length=1, description="comma-separated source topics")
-    kafka_group_id: str = Field(
+
+class KafkaSettings(Section):
+    """The source topics, the group, the connection and the dead-letter topic."""
+
+    bootstrap_servers: str = Field(
+        alias="kafka_bootstrap_servers", min_length=1, description="host:port[,host:port]"
+    )
+    topics: CsvList = Field(
+        alias="kafka_topics", min_length=1, description="comma-separated source topics"
+    )
+    group_id: str = Field(
         "legiti-forwarder",
+        alias="kafka_group_id",
         min_length=1,
         description="consumer group; replicas sharing it split the partitions",
     )
-    kafka_client_id: str = Field(
+    client_id: str = Field(
         "legiti-forwarder",
+        alias="kafka_client_id",
         min_length=1,
         description="client id reported to the brokers (the version is appended)",
     )
-    kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest", description="where a new group starts: earliest (nothing skipped) or latest"
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        alias="kafka_auto_offset_reset",
+        description="where a new group starts: earliest (nothing skipped) or latest",
     )
-    kafka_max_poll_records: int = Field(
-        500, ge=1, le=100_000, description="records fetched per poll at most"
+    max_poll_records: int = Field(
+        500,
+        alias="kafka_max_poll_records",
+        ge=1,
+        le=100_000,
+        description="records fetched per poll at most",
     )
-    kafka_session_timeout_ms: int = Field(10_000, ge=1_000, description="group session timeout")
-    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100, description="group heartbeat interval")
-    kafka_fetch_max_wait_ms: int = Field(
-        500, ge=0, le=30_000, description="longest the broker holds a fetch that has no records"
+    session_timeout_ms: int = Field(
+        10_000, alias="kafka_session_timeout_ms", ge=1_000, description="group session timeout"
     )
-    kafka_max_poll_interval_ms: int = Field(
-        300_000, ge=1_000, description="longest gap between polls before the group evicts a member"
+    heartbeat_interval_ms: int = Field(
+        3_000, alias="kafka_heartbeat_interval_ms", ge=100, description="group heartbeat interval"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    fetch_max_wait_ms: int = Field(
+        500,
+        alias="kafka_fetch_max_wait_ms",
+        ge=0,
+        le=30_000,
+        description="longest the broker holds a fetch that has no records",
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    max_poll_interval_ms: int = Field(
+        300_000,
+        alias="kafka_max_poll_interval_ms",
+        ge=1_000,
+        description="longest gap between polls before the group evicts a member",
     )
-    kafka_sasl_username: OptionalStr = Field(None, description="SASL user name")
-    kafka_sasl_password: OptionalSecret = Field(None, description="SASL password (secret)")
-    kafka_sasl_password_file: OptionalPath = Field(
-        None, description="file holding the SASL password (a mounted Secret)"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        alias="kafka_security_protocol",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
     )
-    kafka_ssl_cafile: OptionalPath = Field(
-        None, description="CA bundle that signed the brokers' certificates"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", alias="kafka_sasl_mechanism", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
     )
-    kafka_ssl_certfile: OptionalPath = Field(None, description="client certificate (mutual TLS)")
-    kafka_ssl_keyfile: OptionalPath = Field(None, description="client private key (mutual TLS)")
-    kafka_ssl_key_password: OptionalSecret = Field(
-        None, description="password of the client key (secret)"
+    sasl_username: OptionalStr = Field(
+        None, alias="kafka_sasl_username", description="SASL user name"
     )
-    kafka_ssl_check_hostname: bool = Field(
-        True, description="verify the brokers' host names against their certificates"
+    sasl_password: OptionalSecret = Field(
+        None, alias="kafka_sasl_password", description="SASL password (secret)"
     )
-
-    # Dead letters
+    sasl_password_file: OptionalPath = Field(
+        None,
+        alias="kafka_sasl_password_file",
+        description="file holding the SASL password (a mounted Secret)",
+    )
+    ssl_cafile: OptionalPath = Field(
+        None,
+        alias="kafka_ssl_cafile",
+        description="CA bundle that signed the brokers' certificates",
+    )
+    ssl_certfile: OptionalPath = Field(
+        None, alias="kafka_ssl_certfile", description="client certificate (mutual TLS)"
+    )
+    ssl_keyfile: OptionalPath = Field(
+        None, alias="kafka_ssl_keyfile", description="client private key (mutual TLS)"
+    )
+    ssl_key_password: OptionalSecret = Field(
+        None, alias="kafka_ssl_key_password", description="password of the client key (secret)"
+    )
+    ssl_check_hostname: bool = Field(
+        True,
+        alias="kafka_ssl_check_hostname",
+        description="verify the brokers' host names against their certificates",
+    )
     dlq_topic: OptionalStr = Field(
-        None, description="dead-letter topic; default: the first source topic + .dlq"
-    )
-
-    # Legiti sink
-    legiti_base_url: str = Field(pattern=r"^https?://[^\s/]+", description="http(s)://host[:port]")
-    legiti_api_token: OptionalSecret = Field(None, description="Legiti API token (secret)")
-    legiti_api_token_file: OptionalPath = Field(
-        None, description="file holding the token, re-read when it changes"
-    )
-    http_timeout_seconds: float = Field(
-        10.0, gt=0, le=600, description="time limit for one request to Legiti"
-    )
-    max_in_flight: int = Field(
-        64, ge=1, le=4096, description="requests to Legiti under way at once"
+        None,
+        alias="dlq_topic",
+        description="dead-letter topic; default: the first source topic + .dlq",
     )
     max_buffered_events: int = Field(
-        10_000, ge=1, description="records consumed and unfinished before fetching pauses"
+        10_000,
+        alias="max_buffered_events",
+        ge=1,
+        description="records consumed and unfinished before fetching pauses",
+    )
+    commit_interval_seconds: float = Field(
+        1.0,
+        alias="commit_interval_seconds",
+        gt=0,
+        le=60,
+        description="how often the finished prefix is committed",
     )
 
-    # Limits and policy
-    rate_limit: OptionalRate = Field(None, description="limit on all calls, e.g. 1000/hour")
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not self.sasl_username:
+            raise ValueError("kafka_sasl_username is required with a SASL security protocol")
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set at most one of kafka_sasl_password and kafka_sasl_password_file")
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topics[0]}.dlq"
+
+
+class SinkCommon(Section):
+    """What every sink needs: how long one call may take and how many may be under way."""
+
+    http_timeout_seconds: float = Field(
+        10.0,
+        alias="http_timeout_seconds",
+        gt=0,
+        le=600,
+        description="time limit for one request to the sink",
+    )
+    max_in_flight: int = Field(
+        64, alias="max_in_flight", ge=1, le=4096, description="requests under way at once"
+    )
+
+
+class LegitiSinkSettings(SinkCommon):
+    """Legiti's `track_auth` REST API, called directly."""
+
+    kind: Literal["legiti"] = Field(
+        "legiti", alias="sink", description="where events go: legiti (the REST API)"
+    )
+    base_url: str = Field(
+        alias="legiti_base_url", pattern=r"^https?://[^\s/]+", description="http(s)://host[:port]"
+    )
+    api_token: OptionalSecret = Field(
+        None, alias="legiti_api_token", description="Legiti API token (secret)"
+    )
+    api_token_file: OptionalPath = Field(
+        None,
+        alias="legiti_api_token_file",
+        description="file holding the token, re-read when it changes",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> LegitiSinkSettings:
+        if (self.api_token is None) == (self.api_token_file is None):
+            raise ValueError(
+                "set exactly one of legiti_api_token and legiti_api_token_file"
+                " (FORWARDER_LEGITI_API_TOKEN / FORWARDER_LEGITI_API_TOKEN_FILE)"
+            )
+        return self
+
+
+SinkSettings = LegitiSinkSettings
+SINK_KINDS: dict[str, type[SinkCommon]] = {"legiti": LegitiSinkSettings}
+
+
+class LimitSettings(Section):
+    rate_limit: OptionalRate = Field(
+        None, alias="rate_limit", description="limit on all calls, e.g. 1000/hour"
+    )
     rate_limit_login: OptionalRate = Field(
-        None, description="limit on track_login calls, e.g. 30/minute"
+        None, alias="rate_limit_login", description="limit on track_login calls, e.g. 30/minute"
     )
     rate_limit_logout: OptionalRate = Field(
-        None, description="limit on track_logout calls, e.g. 5/second"
+        None, alias="rate_limit_logout", description="limit on track_logout calls, e.g. 5/second"
     )
     policy_file: OptionalPath = Field(
-        None, description="gateway policy JSON: denied tools and their limits"
+        None, alias="policy_file", description="gateway policy JSON: denied tools and their limits"
     )
 
-    # De-duplication
-    dedupe_ttl_seconds: float = Field(
-        3600.0, ge=0, description="how long a delivered key suppresses copies"
-    )
-    dedupe_max_entries: int = Field(
-        1_000_000, ge=0, description="delivered keys remembered at most (oldest evicted)"
-    )
 
-    # Retries and failure handling
-    retry_max_elapsed_seconds: float = Field(900.0, ge=0, description="0 retries forever")
-    retry_initial_backoff_seconds: float = Field(
-        0.5, gt=0, description="ceiling of the first retry's jittered wait"
+class RetrySettings(Section):
+    """When a failed send is tried again, when it is given up, when all sends pause."""
+
+    max_elapsed_seconds: float = Field(
+        900.0, alias="retry_max_elapsed_seconds", ge=0, description="0 retries forever"
     )
-    retry_max_backoff_seconds: float = Field(
-        60.0, gt=0, description="ceiling of any retry's jittered wait"
+    initial_backoff_seconds: float = Field(
+        0.5,
+        alias="retry_initial_backoff_seconds",
+        gt=0,
+        description="ceiling of the first retry's jittered wait",
+    )
+    max_backoff_seconds: float = Field(
+        60.0,
+        alias="retry_max_backoff_seconds",
+        gt=0,
+        description="ceiling of any retry's jittered wait",
     )
     circuit_failure_ratio: float = Field(
-        0.5, gt=0, le=1, description="share of failed sends that opens the circuit"
+        0.5,
+        alias="circuit_failure_ratio",
+        gt=0,
+        le=1,
+        description="share of failed sends that opens the circuit",
     )
     circuit_min_requests: int = Field(
-        20, ge=1, description="sends in the window before the circuit may open"
+        20,
+        alias="circuit_min_requests",
+        ge=1,
+        description="sends in the window before the circuit may open",
     )
     circuit_window_seconds: float = Field(
-        30.0, gt=0, description="window over which failures are counted"
+        30.0,
+        alias="circuit_window_seconds",
+        gt=0,
+        description="window over which failures are counted",
     )
     circuit_max_open_seconds: float = Field(
-        60.0, gt=0, description="longest pause between probes while open"
+        60.0,
+        alias="circuit_max_open_seconds",
+        gt=0,
+        description="longest pause between probes while open",
     )
 
-    # CloudEvents type suffixes that decide the action
-    cloudevents_login_success_suffix: str = Field(
-        "login.succeeded", min_length=1, description="CloudEvents type suffix meaning login_success"
+    @model_validator(mode="after")
+    def _order(self) -> RetrySettings:
+        if self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError("retry_max_backoff_seconds is below retry_initial_backoff_seconds")
+        return self
+
+
+class DedupeSettings(Section):
+    ttl_seconds: float = Field(
+        3600.0,
+        alias="dedupe_ttl_seconds",
+        ge=0,
+        description="how long a delivered key suppresses copies",
     )
-    cloudevents_login_failure_suffix: str = Field(
-        "login.failed", min_length=1, description="CloudEvents type suffix meaning login_failure"
-    )
-    cloudevents_logout_suffix: str = Field(
-        "logout", min_length=1, description="CloudEvents type suffix meaning logout"
+    max_entries: int = Field(
+        1_000_000,
+        alias="dedupe_max_entries",
+        ge=0,
+        description="delivered keys remembered at most (oldest evicted)",
     )
 
-    # Operations
-    commit_interval_seconds: float = Field(
-        1.0, gt=0, le=60, description="how often the finished prefix is committed"
+
+class DecodeSettings(Section):
+    """The CloudEvents `type` suffixes that decide the action."""
+
+    login_success_suffix: str = Field(
+        "login.succeeded",
+        alias="cloudevents_login_success_suffix",
+        min_length=1,
+        description="CloudEvents type suffix meaning login_success",
     )
+    login_failure_suffix: str = Field(
+        "login.failed",
+        alias="cloudevents_login_failure_suffix",
+        min_length=1,
+        description="CloudEvents type suffix meaning login_failure",
+    )
+    logout_suffix: str = Field(
+        "logout",
+        alias="cloudevents_logout_suffix",
+        min_length=1,
+        description="CloudEvents type suffix meaning logout",
+    )
+
+
+class OpsSettings(Section):
     shutdown_timeout_seconds: float = Field(
-        20.0, ge=0, description="how long SIGTERM waits for sends under way"
+        20.0,
+        alias="shutdown_timeout_seconds",
+        ge=0,
+        description="how long SIGTERM waits for sends under way",
     )
     metrics_host: str = Field(
-        "0.0.0.0", description="address of the /metrics, /healthz, /readyz server"
+        "0.0.0.0",
+        alias="metrics_host",
+        description="address of the /metrics, /healthz, /readyz server",
     )
     metrics_port: int = Field(
         9102,
+        alias="metrics_port",
         ge=0,
         le=65535,
         description="port of the /metrics, /healthz, /readyz server (0: any free one)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="DEBUG, INFO, WARNING or ERROR"
+        "INFO", alias="log_level", description="DEBUG, INFO, WARNING or ERROR"
     )
     log_format: Literal["json", "console"] = Field(
-        "json", description="json (one object per line) or console"
+        "json", alias="log_format", description="json (one object per line) or console"
     )
 
     @field_validator("log_level", mode="before")
@@ -211,33 +381,57 @@ class Settings(BaseModel):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("legiti_base_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Settings:
-        if (self.legiti_api_token is None) == (self.legiti_api_token_file is None):
-            raise ValueError(
-                "set exactly one of legiti_api_token and legiti_api_token_file"
-                " (FORWARDER_LEGITI_API_TOKEN / FORWARDER_LEGITI_API_TOKEN_FILE)"
-            )
-        if self.kafka_security_protocol.startswith("SASL_") and not self.kafka_sasl_username:
-            raise ValueError("kafka_sasl_username is required with a SASL security protocol")
-        if self.kafka_sasl_password is not None and self.kafka_sasl_password_file is not None:
-            raise ValueError("set at most one of kafka_sasl_password and kafka_sasl_password_file")
-        if self.retry_max_backoff_seconds < self.retry_initial_backoff_seconds:
-            raise ValueError("retry_max_backoff_seconds is below retry_initial_backoff_seconds")
-        return self
+class KafkaToolSettings(BaseModel):
+    """What a command that only reads or writes Kafka needs (dead letters, group status)."""
 
-    @property
-    def dead_letter_topic(self) -> str:
-        return self.dlq_topic or f"{self.kafka_topics[0]}.dlq"
+    model_config = ConfigDict(frozen=True)
+
+    kafka: KafkaSettings
+    ops: OpsSettings
+
+
+class Settings(KafkaToolSettings):
+    """Everything `forwarder run` needs."""
+
+    sink: SinkSettings
+    limits: LimitSettings
+    retry: RetrySettings
+    dedupe: DedupeSettings
+    decode: DecodeSettings
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "kafka": KafkaSettings,
+    "limits": LimitSettings,
+    "retry": RetrySettings,
+    "dedupe": DedupeSettings,
+    "decode": DecodeSettings,
+    "ops": OpsSettings,
+}
+M = TypeVar("M", bound=KafkaToolSettings)
+
+
+def _public_fields(model: type[Section]) -> Iterator[tuple[str, FieldInfo]]:
+    for field in model.model_fields.values():
+        assert field.alias is not None  # every Section field is declared with its public name
+        yield field.alias, field
+
+
+def public_fields() -> dict[str, FieldInfo]:
+    """Every setting an operator can give, by its public name (all sinks' included)."""
+    fields: dict[str, FieldInfo] = {}
+    for section in (*SECTIONS.values(), *SINK_KINDS.values()):
+        fields.update(_public_fields(section))
+    return fields
+
+
+def documented_env_names() -> set[str]:
+    return {env_name(name) for name in public_fields()}
 
 
 SECRET_FIELDS = frozenset(
-    name for name, field in Settings.model_fields.items() if "Secret" in str(field.annotation)
+    name for name, field in public_fields().items() if "Secret" in str(field.annotation)
 )
 
 
@@ -266,9 +460,7 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     `<SERVICE>_PORT`-style variables for every Service in the namespace, and a
     Service named `forwarder` would otherwise crash-loop the pods.
     """
-    return {
-        name: environ[env_name(name)] for name in Settings.model_fields if env_name(name) in environ
-    }
+    return {name: environ[env_name(name)] for name in public_fields() if env_name(name) in environ}
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -287,7 +479,18 @@ def load_settings(
     cli: Mapping[str, Any] | None = None,
     config_file: Path | None = None,
 ) -> Settings:
-    """Merge the three sources and validate; raise ConfigError naming every bad key."""
+    """Everything `forwarder run` needs; raise ConfigError naming every bad key."""
+    return load(Settings, environ, cli, config_file)
+
+
+def load(
+    model: type[M],
+    environ: Mapping[str, str],
+    cli: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+) -> M:
+    """Merge the three sources into `model`'s sections and validate; raise ConfigError
+    naming every bad key. Settings of sections `model` does not have are ignored."""
     cli = {key: value for key, value in (cli or {}).items() if value is not None}
     path = config_file or (Path(environ[CONFIG_FILE_ENV]) if environ.get(CONFIG_FILE_ENV) else None)
     file_values = read_toml(path) if path else {}
@@ -298,20 +501,40 @@ def load_settings(
         **{key: f"{key} (in {path})" for key in file_values},
         **{key: flag_name(key) for key in cli},
     }
+    known = public_fields()
+    problems = [f"{origin[key]}: unknown setting" for key in merged if key not in known]
+    sections: dict[str, dict[str, Any]] = {}
+    for name in model.model_fields:
+        section = _sink_kind(merged, problems) if name == "sink" else SECTIONS[name]
+        sections[name] = {
+            alias: merged[alias] for alias, _ in _public_fields(section) if alias in merged
+        }
     try:
-        return Settings.model_validate(merged)
+        settings = model.model_validate(sections)
     except ValidationError as exc:
-        raise ConfigError(tuple(_describe(error, origin) for error in exc.errors())) from None
+        problems += (_describe(error, origin) for error in exc.errors())
+    if problems:
+        raise ConfigError(tuple(problems))
+    return settings
+
+
+def _sink_kind(merged: dict[str, Any], problems: list[str]) -> type[Section]:
+    """The sink section named by `sink`; an unknown name is one problem, not two (it is
+    dropped, so the default sink's own checks do not complain about it again)."""
+    kind = str(merged.get("sink", "legiti"))
+    if kind not in SINK_KINDS:
+        problems.append(f"{env_name('sink')}: one of {', '.join(SINK_KINDS)} (got {kind!r})")
+        del merged["sink"]
+        return LegitiSinkSettings
+    return SINK_KINDS[kind]
 
 
 def _describe(error: Any, origin: Mapping[str, str]) -> str:
-    loc = error.get("loc") or ()
-    key = str(loc[0]) if loc else ""
+    loc = [part for part in error.get("loc") or () if isinstance(part, str)]
+    key = loc[-1] if len(loc) > 1 else ""
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if not key:
         return message
-    if error.get("type") == "extra_forbidden":
-        return f"{origin.get(key, key)}: unknown setting"
     if error.get("type") == "missing":
         return f"{env_name(key)}: required (or `{key}` in the config file, or {flag_name(key)})"
     shown = origin.get(key, env_name(key))
@@ -325,15 +548,21 @@ def _describe(error: Any, origin: Mapping[str, str]) -> str:
     )
 
 
-def masked(settings: Settings) -> dict[str, Any]:
-    """The effective configuration for display: secrets replaced, paths as strings."""
+def masked(settings: BaseModel) -> dict[str, Any]:
+    """The effective configuration for display, by section and public name: secrets
+    replaced, paths and rates as strings."""
     shown: dict[str, Any] = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, SecretStr):
-            value = "********"
-        elif isinstance(value, Path | Rate):
-            value = str(value)
-        shown[name] = value
-    shown["dead_letter_topic"] = settings.dead_letter_topic
+    for name in type(settings).model_fields:
+        section = getattr(settings, name)
+        values: dict[str, Any] = {}
+        for field_name, field in type(section).model_fields.items():
+            value = getattr(section, field_name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, Path | Rate):
+                value = str(value)
+            values[field.alias or field_name] = value
+        for computed in type(section).model_computed_fields:
+            values[computed] = getattr(section, computed)
+        shown[name] = values
     return shown

@@ -4,7 +4,6 @@ stand-in per test, and a private Redis for tests that take it away."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -41,24 +40,31 @@ def private_redis() -> Iterator[SandboxRedis]:
         yield server
 
 
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]],
+    timeout: float = 30.0,  # noqa: ASYNC109 - the deadline reads best inline
+    what: str = "",
+    interval: float = 0.05,
+) -> None:
+    """Wait for a condition that must be awaited (an HTTP probe, a scraped metric)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
+
+
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]],
+    predicate: Callable[[], bool],
     timeout: float = 15.0,  # noqa: ASYNC109 - the deadline reads best inline
     what: str = "",
 ) -> None:
-    """Wait for a condition instead of sleeping a guessed amount of time.
-
-    The predicate may be a coroutine function, for conditions that need a round trip."""
-    deadline = time.monotonic() + timeout
+    """Wait for a condition instead of sleeping a guessed amount of time."""
 
     async def holds() -> bool:
-        answer = predicate()
-        return await answer if inspect.isawaitable(answer) else answer
+        return predicate()
 
-    while not await holds():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
+    await wait_until(holds, timeout, what or str(predicate), interval=0.02)
 
 
 @pytest.fixture

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import orjson
 
-from forwarder.bench.processes import BenchError, run_event_loop
+from forwarder.bench.processes import BenchError
 from forwarder.bench.report import table, targets
 from forwarder.bench.runner import BenchOptions, run_benchmark
+from forwarder.runtime import run_event_loop
+from forwarder.sandbox.process import ChildFailed
 
 
 def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, Path]:
@@ -47,9 +49,7 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, Path
         args.events, args.runs, args.naive_events, args.naive_seconds = 300, 1, 50, 5.0
         args.latency_seconds, args.latency_rate = 1.0, 200.0
         args.backlog_events, args.backlog_compare_events = 3_000, 1_000
-        args.backlog_seconds, session_timeout_ms = 1.0, 2_000
-    else:
-        session_timeout_ms = BenchOptions.session_timeout_ms
+        args.backlog_seconds = 1.0
     options = BenchOptions(
         events=args.events,
         runs=args.runs,
@@ -63,7 +63,6 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, Path
         backlog_rate=args.backlog_rate,
         backlog_seconds=args.backlog_seconds,
         log_dir=args.json.parent / "logs",
-        session_timeout_ms=session_timeout_ms,
     )
     return options, args.json
 
@@ -72,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, json_path = parse_options(argv)
     try:
         results = run_event_loop(run_benchmark(options))
-    except BenchError as exc:
+    except (BenchError, ChildFailed) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     results["targets"] = targets(results)

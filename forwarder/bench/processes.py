@@ -11,35 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
 
 from forwarder.sandbox.broker import free_port
+from forwarder.sandbox.process import Child, clean_environment, wait_http
 
-TOKEN = "test-token"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
     """A process of the benchmark misbehaved; the message says which and where its log is."""
-
-
-def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop, as `forwarder run` does, so every process measured uses the same loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,66 +72,6 @@ def rss_mb(pid: int) -> float:
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the highest resident set size the process has had, in MiB."""
     return _status_mb(pid, "VmHWM:")
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without FORWARDER_* keys, so a stray variable in the
-    caller's shell cannot change what is measured."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FORWARDER_")}
-
-
-class Child:
-    """A child process whose output goes to a log file that error messages point at."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with code {self.process.returncode}; see {self.log_path}"
-            )
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-async def wait_http(url: str, child: Child, within: float = 20.0, ok: int = 200) -> None:
-    """Poll `url` until it answers `ok` (for at most `within` seconds), failing early if
-    the child dies."""
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        while True:
-            child.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == ok:
-                    return
-            if time.monotonic() > deadline:
-                raise BenchError(f"{child.name}: {url} did not answer {ok} within {within}s")
-            await asyncio.sleep(0.02)
 
 
 class SinkProcess:
@@ -211,7 +139,7 @@ class SinkProcess:
 
     async def stop(self) -> None:
         await self._client.aclose()
-        self.child.stop()
+        await self.child.stop()
 
 
 def delivery_rate(stats: dict[str, Any]) -> float:
@@ -220,51 +148,6 @@ def delivery_rate(stats: dict[str, Any]) -> float:
     if stats["accepted"] < 2 or span <= 0:
         raise BenchError(f"too few deliveries to measure a rate: {stats}")
     return float((stats["accepted"] - 1) / span)
-
-
-class ForwarderProcess:
-    """`python -m forwarder run`, configured the way an operator would: through FORWARDER_*."""
-
-    def __init__(self, log_dir: Path, name: str, settings: dict[str, str]) -> None:
-        self.metrics_port = free_port()
-        env = {
-            **clean_environment(),
-            "FORWARDER_LEGITI_API_TOKEN": TOKEN,
-            "FORWARDER_METRICS_HOST": "127.0.0.1",
-            "FORWARDER_METRICS_PORT": str(self.metrics_port),
-            **settings,
-        }
-        self.child = Child(name, [sys.executable, "-m", "forwarder", "run"], log_dir, env)
-        self.cpu_at_start = 0.0
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
-
-    async def wait_started(self) -> None:
-        """Wait for the metrics port; from here on, CPU time is the pipeline's, not imports'."""
-        await wait_http(f"http://127.0.0.1:{self.metrics_port}/healthz", self.child)
-        self.cpu_at_start = cpu_seconds(self.pid)
-
-    async def wait_ready(self, within: float = 30.0) -> None:
-        """In the consumer group with partitions assigned: records produced now are read."""
-        await wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz", self.child, within)
-
-    async def metrics(self) -> str:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-            return response.text
-
-    def cpu_since_start(self) -> float:
-        return cpu_seconds(self.pid) - self.cpu_at_start
-
-    def peak_rss_mb(self) -> float:
-        return peak_rss_mb(self.pid)
-
-    def stop(self) -> int | None:
-        """SIGTERM, as Kubernetes would; the exit code is reported, not judged: a shutdown
-        problem is the daemon's tests' business, and the numbers were taken before."""
-        return self.child.stop()
 
 
 def _worker_argv(module: str, arguments: dict[str, Any]) -> list[str]:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 
-from forwarder.bench.processes import TOKEN, run_event_loop
+from forwarder.runtime import install_signal_handlers, run_event_loop
 from forwarder.sandbox.legiti import LegitiStub
 
 
@@ -31,10 +30,8 @@ async def _serve(port: int) -> list[tuple[str | None, float]]:
     # end anyway, and the process lives for one latency run: a few seconds' garbage.
     gc.disable()
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    async with LegitiStub(port=port, tokens={TOKEN}, recording=True) as stub:
+    install_signal_handlers(stopping)
+    async with LegitiStub(port=port, recording=True) as stub:
         print(f"listening {stub.url}", flush=True)
         await stopping.wait()
     return [(r.idempotency_key, r.at) for r in stub.accepted]

@@ -26,15 +26,14 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from forwarder import __version__
 from forwarder.bench.processes import (
     BenchError,
-    Child,
-    ForwarderProcess,
     SinkProcess,
+    cpu_seconds,
     delivery_rate,
+    peak_rss_mb,
     rss_mb,
     run_worker,
     runqueue_wait_seconds,
@@ -51,27 +50,22 @@ from forwarder.bench.workload import (
     generate,
     preload,
 )
-from forwarder.config import Settings
 from forwarder.sandbox.broker import SandboxBroker
+from forwarder.sandbox.process import Child, ForwarderProcess
+from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import create_topic
 from forwarder.sinks.legiti.client import idempotency_key
 
 SEED = 4
 MAX_IN_FLIGHT = 64
 FETCH_MAX_WAIT_MS = 10
+"""Tansu holds an empty fetch until its wait runs out even when records arrive
+meanwhile (Kafka answers as soon as there are any), so on Tansu the consumer's
+fetch_max_wait_ms (aiokafka's default: 500) is added to every record's latency: a
+bare aiokafka consumer sees p50 ≈ 130 ms, p99 ≈ 250 ms. The latency runs measure the
+forwarder, not that quirk, so the forwarder and the relay both wait less."""
 Reading = Callable[[str, str, str], AbstractAsyncContextManager[Child]]
 """Starts a reader of a topic that posts to a sink URL, and hands it over once it is ready."""
-
-
-def fetch_wait_setting() -> dict[str, str]:
-    """Tansu holds an empty fetch until its wait runs out even when records arrive
-    meanwhile (Kafka answers as soon as there are any), so on Tansu the consumer's
-    fetch_max_wait_ms (aiokafka's default: 500) is added to every record's latency: a
-    bare aiokafka consumer sees p50 ≈ 130 ms, p99 ≈ 250 ms. The latency runs measure the
-    forwarder, not that quirk, so they lower the wait where the forwarder lets them."""
-    if "kafka_fetch_max_wait_ms" not in Settings.model_fields:
-        return {}
-    return {"FORWARDER_KAFKA_FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS)}
 
 
 _LATENCY_SETTLE_SECONDS = 1.0
@@ -97,9 +91,6 @@ class BenchOptions:
     backlog_rate: str = "200/second"
     backlog_seconds: float = 30.0
     log_dir: Path = field(default_factory=lambda: Path("bench-results/logs"))
-    session_timeout_ms: int = 6_000
-    """Tansu completes a group join only after about half the session timeout; 6 s (the
-    integration tests' value) starts each run in 3 s instead of the default's 5 s."""
 
 
 def _unique(prefix: str) -> str:
@@ -120,15 +111,6 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
 
 
-def _samples(metrics: str, name: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(metrics):
-        for sample in family.samples:
-            if sample.name == name:
-                total += sample.value
-    return total
-
-
 class Bench:
     def __init__(self, options: BenchOptions, broker: SandboxBroker, sink: SinkProcess) -> None:
         self.options = options
@@ -137,21 +119,19 @@ class Bench:
         self.log_dir = options.log_dir
 
     def _forwarder(self, name: str, topic: str, sink_url: str, **extra: str) -> ForwarderProcess:
-        return ForwarderProcess(
-            self.log_dir,
-            name,
-            {
-                "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
-                "FORWARDER_KAFKA_TOPICS": topic,
-                "FORWARDER_KAFKA_GROUP_ID": _unique("bench"),
-                "FORWARDER_LEGITI_BASE_URL": sink_url,
-                "FORWARDER_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
-                "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": str(self.options.session_timeout_ms),
-                "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": str(self.options.session_timeout_ms // 12),
-                **fetch_wait_setting(),
-                **extra,
-            },
+        """`forwarder run` in a fresh consumer group; stopping it sends SIGTERM, as Kubernetes
+        would. Its exit code is reported, not judged: a shutdown problem is the daemon's
+        tests' business, and the numbers were taken before."""
+        env = sandbox_env(
+            self.broker.bootstrap,
+            topic,
+            sink_url,
+            kafka_group_id=_unique("bench"),
+            kafka_fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            max_in_flight=MAX_IN_FLIGHT,
+            **extra,
         )
+        return ForwarderProcess(env, log_dir=self.log_dir, name=name)
 
     # Throughput ------------------------------------------------------------------------
 
@@ -160,20 +140,17 @@ class Bench:
     ) -> dict[str, Any]:
         """Drain the preloaded topic with a fresh consumer group; rate as the sink saw it."""
         await self.sink.reset()
-        forwarder = self._forwarder(f"forwarder-{index}", topic, self.sink.url)
-        try:
+        async with self._forwarder(f"forwarder-{index}", topic, self.sink.url) as forwarder:
             await forwarder.wait_started()
-            stats = await self.sink.wait_accepted(
-                expected, _allowance(records), watch=forwarder.child
-            )
-            cpu = forwarder.cpu_since_start()
-            peak = forwarder.peak_rss_mb()
+            # From here on, CPU time is the pipeline's, not the imports'.
+            cpu_at_start = cpu_seconds(forwarder.pid)
+            stats = await self.sink.wait_accepted(expected, _allowance(records), watch=forwarder)
+            cpu = cpu_seconds(forwarder.pid) - cpu_at_start
+            peak = peak_rss_mb(forwarder.pid)
             consumed, duplicates = await self._settled_counts(forwarder, records)
             stats = await self.sink.stats()
-        finally:
-            exit_code = forwarder.stop()
         return {
-            "exit_code": exit_code,
+            "exit_code": forwarder.returncode,
             "events_per_second": delivery_rate(stats),
             "seconds": stats["wall_last_accepted_at"] - stats["wall_first_accepted_at"],
             "deliveries": stats["accepted"],
@@ -190,8 +167,8 @@ class Bench:
         deadline = time.monotonic() + 10.0
         while True:
             metrics = await forwarder.metrics()
-            consumed = int(_samples(metrics, "forwarder_events_consumed_total"))
-            duplicates = int(_samples(metrics, "forwarder_events_duplicate_total"))
+            consumed = int(metrics.total("forwarder_events_consumed_total"))
+            duplicates = int(metrics.total("forwarder_events_duplicate_total"))
             if consumed >= records or time.monotonic() > deadline:
                 return consumed, duplicates
             await asyncio.sleep(0.05)
@@ -252,7 +229,6 @@ class Bench:
                 "url": self.sink.url,
                 "events": events,
                 "seconds": self.options.naive_seconds,
-                "session_timeout_ms": self.options.session_timeout_ms,
                 "keep_alive": keep_alive,
             },
         )
@@ -315,12 +291,9 @@ class Bench:
     async def _forwarder_reading(
         self, name: str, topic: str, sink_url: str
     ) -> AsyncIterator[Child]:
-        forwarder = self._forwarder(name, topic, sink_url)
-        try:
+        async with self._forwarder(name, topic, sink_url) as forwarder:
             await forwarder.wait_ready()
-            yield forwarder.child
-        finally:
-            forwarder.stop()
+            yield forwarder
 
     @contextlib.asynccontextmanager
     async def _relay_reading(self, name: str, topic: str, sink_url: str) -> AsyncIterator[Child]:
@@ -332,17 +305,16 @@ class Bench:
             "url": sink_url,
             "concurrency": MAX_IN_FLIGHT,
             "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-            "session_timeout_ms": self.options.session_timeout_ms,
         }
         relay = worker_child(self.log_dir, name, "forwarder.bench.workers", arguments)
         try:
             await wait_line(relay, READY)
             yield relay
         except BaseException:
-            relay.stop()
+            await relay.stop()
             raise
         # A reference that failed quietly would make the forwarder look good.
-        code = relay.stop()
+        code = await relay.stop()
         last = (relay.output().splitlines() or [""])[-1]
         if code != 0 or orjson.loads(last)["failures"]:
             raise BenchError(f"{name}: exit code {code}, {last!r}; see {relay.log_path}")
@@ -400,28 +372,25 @@ class Bench:
             self.broker.bootstrap, topic, generate(events, SEED, prefix="backlog-")
         )
         await self.sink.reset()
-        forwarder = self._forwarder(
+        rss: list[float] = []
+        async with self._forwarder(
             f"forwarder-backlog-{events}",
             topic,
             self.sink.url,
-            FORWARDER_RATE_LIMIT=self.options.backlog_rate,
-        )
-        rss: list[float] = []
-        try:
+            rate_limit=self.options.backlog_rate,
+        ) as forwarder:
             await forwarder.wait_ready()
             started = time.monotonic()
             while time.monotonic() - started < self.options.backlog_seconds:
                 await asyncio.sleep(_SAMPLE_INTERVAL)
-                forwarder.child.check_alive()
+                forwarder.check_alive()
                 rss.append(rss_mb(forwarder.pid))
             elapsed = time.monotonic() - started
-            peak = forwarder.peak_rss_mb()
+            peak = peak_rss_mb(forwarder.pid)
             stats = await self.sink.stats()
             metrics = await forwarder.metrics()
-        finally:
-            exit_code = forwarder.stop()
         return {
-            "exit_code": exit_code,
+            "exit_code": forwarder.returncode,
             "events": produced,
             "produce_seconds": produce_seconds,
             "produce_events_per_second": produced / produce_seconds,
@@ -429,8 +398,8 @@ class Bench:
             "seconds": elapsed,
             "deliveries": stats["accepted"],
             "deliveries_per_second": stats["accepted"] / elapsed,
-            "consumed": int(_samples(metrics, "forwarder_events_consumed_total")),
-            "buffered_events_at_end": int(_samples(metrics, "forwarder_buffered_events")),
+            "consumed": int(metrics.total("forwarder_events_consumed_total")),
+            "buffered_events_at_end": int(metrics.total("forwarder_buffered_events")),
             "peak_rss_mb": peak,
             "rss_mb_samples": rss[:: max(1, round(1 / _SAMPLE_INTERVAL))],
         }
@@ -511,9 +480,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
             "partitions": PARTITIONS,
             "formats": {"native": 0.5, "cloudevents_structured": 0.25, "cloudevents_binary": 0.25},
             "max_in_flight": MAX_IN_FLIGHT,
-            "fetch_max_wait_ms": int(
-                fetch_wait_setting().get("FORWARDER_KAFKA_FETCH_MAX_WAIT_MS", "500")
-            ),
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
             "runs": options.runs,
             "naive_events": min(options.naive_events, options.events),
             "preload_seconds": produce_seconds,

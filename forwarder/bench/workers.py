@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -33,15 +32,16 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from forwarder.bench.processes import TOKEN, run_event_loop
 from forwarder.bench.workload import Delivery, deliveries, generate
-from forwarder.cli import tune_garbage_collector
-from forwarder.config import Settings
+from forwarder.config import KafkaSettings
 from forwarder.core.decode import CloudEventTypes, decode
 from forwarder.core.events import AuthEvent
+from forwarder.runtime import install_signal_handlers, run_event_loop, tune_garbage_collector
+from forwarder.sandbox.legiti import TOKEN
+from forwarder.sandbox.settings import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 from forwarder.sinks.legiti.client import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
 
-MAX_POLL_RECORDS: int = Settings.model_fields["kafka_max_poll_records"].default
+MAX_POLL_RECORDS: int = KafkaSettings.model_fields["max_poll_records"].default
 READY = "ready"
 """The line the relay prints once its partitions are assigned."""
 
@@ -115,6 +115,21 @@ async def consume_ceiling(bootstrap: str, topic: str, events: int) -> dict[str, 
     }
 
 
+def _group_consumer(bootstrap: str, group: str, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """A member of a new consumer group on the sandbox broker, joining as fast as the
+    forwarder does, reading from the start and committing only when told."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        **options,
+    )
+
+
 async def naive(
     bootstrap: str,
     topic: str,
@@ -123,7 +138,6 @@ async def naive(
     events: int,
     seconds: float,
     keep_alive: bool,
-    session_timeout_ms: int,
 ) -> dict[str, Any]:
     """One record at a time, for `events` records or `seconds`, whichever ends first
     (the rate is what is compared, and a slow baseline need not be run for minutes).
@@ -133,15 +147,7 @@ async def naive(
     instead, the first thing anyone fixes, as a stricter baseline."""
     client = httpx.Client() if keep_alive else None
     post = client.post if client is not None else httpx.post
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=session_timeout_ms // 12,
-    )
+    consumer = _group_consumer(bootstrap, group, topic)
     await consumer.start()
     types = CloudEventTypes()
     sent = 0
@@ -187,7 +193,6 @@ async def relay(
     url: str,
     concurrency: int,
     fetch_max_wait_ms: int,
-    session_timeout_ms: int,
 ) -> dict[str, Any]:
     """Relay records until SIGTERM; prints READY once it will see what is produced next.
 
@@ -195,18 +200,13 @@ async def relay(
     same requests as from the forwarder, which the latency run checks. A record that
     does not decode ends the relay at once: the workload has none, so it is a bug."""
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    install_signal_handlers(stopping)
+    consumer = _group_consumer(
+        bootstrap,
+        group,
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_poll_records=MAX_POLL_RECORDS,
         isolation_level="read_committed",
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=session_timeout_ms // 12,
     )
     consumer.subscribe([topic], listener=_PrintReady())
     queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()

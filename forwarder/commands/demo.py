@@ -21,15 +21,18 @@ from forwarder.commands.run import Forwarder
 from forwarder.config import load_settings
 from forwarder.core.dead_letters import REASONS
 from forwarder.core.events import ActionType
+from forwarder.ops.logs import configure
+from forwarder.runtime import run_event_loop
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
 from forwarder.sandbox.legiti import Faults, LegitiStub
+from forwarder.sandbox.samples import Samples
+from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import Outgoing, create_topic, produce
 
 TOPIC = "auth-events"
 PARTITIONS = 4
 USERS = 200
 REJECTED_USER = "user-rejected-by-legiti"
-DEMO_TOKEN = "demo-token"
 TIME_LIMIT = 50.0
 
 Message = tuple[bytes | None, list[tuple[str, bytes]]]
@@ -129,28 +132,14 @@ def _user_key(value: bytes | None, headers: list[tuple[str, bytes]]) -> bytes | 
     return str(user).encode() if user is not None else None
 
 
-class _Counters:
-    def __init__(self, forwarder: Forwarder) -> None:
-        self._registry = forwarder.metrics.registry
-
-    def value(self, name: str, **labels: str) -> int:
-        return int(self._registry.get_sample_value(name, labels) or 0)
-
-    def snapshot(self) -> dict[str, int]:
-        dead = sum(self.value("forwarder_events_dead_lettered_total", reason=r) for r in REASONS)
-        return {
-            "consumed": self.value("forwarder_events_consumed_total"),
-            "forwarded": sum(
-                self.value("forwarder_events_forwarded_total", action_type=a.value)
-                for a in ActionType
-            ),
-            "duplicates": sum(
-                self.value("forwarder_events_duplicate_total", scope=scope)
-                for scope in ("local", "shared")
-            ),
-            "dead_lettered": dead,
-            "retries": self.value("forwarder_retries_total"),
-        }
+def _snapshot(samples: Samples) -> dict[str, int]:
+    return {
+        "consumed": int(samples.total("forwarder_events_consumed_total")),
+        "forwarded": int(samples.total("forwarder_events_forwarded_total")),
+        "duplicates": int(samples.total("forwarder_events_duplicate_total")),
+        "dead_lettered": int(samples.total("forwarder_events_dead_lettered_total")),
+        "retries": int(samples.total("forwarder_retries_total")),
+    }
 
 
 async def _demo(events: int, metrics_port: int) -> int:
@@ -161,44 +150,32 @@ async def _demo(events: int, metrics_port: int) -> int:
     )
     with SandboxBroker() as broker:
         faults = Faults(error_rate=0.01, reject_user_ids={REJECTED_USER}, seed=3)
-        async with LegitiStub(tokens={DEMO_TOKEN}, faults=faults) as legiti:
+        async with LegitiStub(faults=faults) as legiti:
             await _publish(broker.bootstrap, plan)
             print(
                 f"published {total} records to {TOPIC!r} ({PARTITIONS} partitions): "
                 f"{plan.duplicates} re-published copies, {plan.malformed} malformed"
             )
-            settings = load_settings(
-                {
-                    "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-                    "FORWARDER_KAFKA_TOPICS": TOPIC,
-                    "FORWARDER_KAFKA_GROUP_ID": "forwarder-demo",
-                    "FORWARDER_LEGITI_BASE_URL": legiti.url,
-                    "FORWARDER_LEGITI_API_TOKEN": DEMO_TOKEN,
-                    "FORWARDER_METRICS_HOST": "127.0.0.1",
-                    "FORWARDER_METRICS_PORT": str(metrics_port),
-                    "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
-                    "FORWARDER_RETRY_MAX_BACKOFF_SECONDS": "0.5",
-                    "FORWARDER_COMMIT_INTERVAL_SECONDS": "0.25",
-                    # The sandbox broker holds a new group's first join for half the session
-                    # timeout; a short one keeps the demo brisk.
-                    "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "3000",
-                    "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-                    "FORWARDER_LOG_LEVEL": "ERROR",
-                }
+            env = sandbox_env(
+                broker.bootstrap,
+                TOPIC,
+                legiti.url,
+                kafka_group_id="forwarder-demo",
+                metrics_port=metrics_port,
+                log_level="ERROR",
             )
-            forwarder = Forwarder(settings)
+            forwarder = Forwarder(load_settings(env))
             stop = asyncio.Event()
             task = asyncio.create_task(forwarder.run(stop))
-            counters = _Counters(forwarder)
             started = time.monotonic()
-            busy = await _progress(counters, total, started, task)
+            busy = await _progress(forwarder, total, started, task)
             stop.set()
             await task
-            return _summary(counters, plan, legiti, forwarder, busy, total)
+            return _summary(forwarder, legiti, busy, total)
 
 
 async def _progress(
-    counters: _Counters, total: int, started: float, task: asyncio.Task[None]
+    forwarder: Forwarder, total: int, started: float, task: asyncio.Task[None]
 ) -> float:
     """Show the counters until every record is finished; return seconds spent working
     (from the first record consumed, so the group join is not counted)."""
@@ -206,7 +183,7 @@ async def _progress(
     last_print = 0.0
     first_consumed: float | None = None
     while True:
-        snap = counters.snapshot()
+        snap = _snapshot(Samples.of_registry(forwarder.metrics.registry))
         if first_consumed is None and snap["consumed"]:
             first_consumed = time.monotonic()
         done = snap["forwarded"] + snap["duplicates"] + snap["dead_lettered"]
@@ -233,23 +210,17 @@ async def _progress(
         await asyncio.sleep(0.1)
 
 
-def _summary(
-    counters: _Counters,
-    plan: Plan,
-    legiti: LegitiStub,
-    forwarder: Forwarder,
-    elapsed: float,
-    total: int,
-) -> int:
-    snap = counters.snapshot()
+def _summary(forwarder: Forwarder, legiti: LegitiStub, elapsed: float, total: int) -> int:
+    samples = Samples.of_registry(forwarder.metrics.registry)
+    snap = _snapshot(samples)
     print("\nsummary")
     print(f"  consumed            {snap['consumed']}")
     for action in ActionType:
-        value = counters.value("forwarder_events_forwarded_total", action_type=action.value)
+        value = int(samples.value("forwarder_events_forwarded_total", action_type=action.value))
         print(f"  forwarded {action.value:<14}{value}")
     print(f"  duplicates          {snap['duplicates']} (not sent again)")
     for reason in REASONS:
-        value = counters.value("forwarder_events_dead_lettered_total", reason=reason)
+        value = int(samples.value("forwarder_events_dead_lettered_total", reason=reason))
         if value:
             print(f"  dead-lettered {reason:<18}{value}")
     print(f"  retries             {snap['retries']} (injected 503s, all recovered)")
@@ -259,15 +230,12 @@ def _summary(
         f"  throughput          {rate:,.0f} records/s ({elapsed:.1f}s, first consumed to last done)"
     )
     print(f"  metrics were served at http://127.0.0.1:{forwarder.health.port}/metrics")
-    print(f"  dead letters are in topic {forwarder.settings.dead_letter_topic!r}")
+    print(f"  dead letters are in topic {forwarder.settings.kafka.dead_letter_topic!r}")
     ok = snap["consumed"] == total and snap["forwarded"] == len(legiti.accepted)
     return 0 if ok else 1
 
 
 def run_demo(events: int, metrics_port: int) -> int:
-    from forwarder.cli import run_event_loop
-    from forwarder.ops.logs import configure
-
     configure("ERROR", "console")
     port = metrics_port
     if port and not _port_free(port):

@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from forwarder.config import Settings
-from forwarder.core.dead_letters import DeadLetterSink, KafkaDeadLetters
-from forwarder.core.decode import CloudEventTypes
-from forwarder.core.policy import ALLOW_ALL, PolicyError, load_policy
-from forwarder.engine.pipeline import Pipeline, PipelineOptions, Sender
+from forwarder.config import LimitSettings, Settings
+from forwarder.core.policy import ALLOW_ALL, Policy, PolicyError, load_policy
+from forwarder.engine.build import build_pipeline
+from forwarder.engine.dead_letter_writer import DeadLetterStore
+from forwarder.engine.pipeline import Pipeline
+from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
 from forwarder.kafka.source import KafkaSource
+from forwarder.limits.sliding_log import LocalLimits
 from forwarder.ops.health import HealthServer
 from forwarder.ops.logs import get_logger, register_secret
 from forwarder.ops.metrics import Metrics
+from forwarder.runtime import install_signal_handlers
+from forwarder.sinks.base import Sink
 from forwarder.sinks.credentials import TokenError, TokenSource
-from forwarder.sinks.legiti.client import LegitiSink
+from forwarder.sinks.factory import SinkSetupError, build_sink
 
 TOKEN_CHECK_INTERVAL = 1.0
 T = TypeVar("T")
@@ -36,42 +40,11 @@ class StartupError(RuntimeError):
     """Something in the configuration's surroundings (a file, a port) is wrong: exit 2."""
 
 
-def pipeline_options(settings: Settings) -> PipelineOptions:
+def load_policy_file(settings: LimitSettings) -> Policy:
     try:
-        policy = load_policy(settings.policy_file) if settings.policy_file else ALLOW_ALL
+        return load_policy(settings.policy_file) if settings.policy_file else ALLOW_ALL
     except PolicyError as exc:
         raise StartupError(f"FORWARDER_POLICY_FILE: {exc}") from exc
-    return PipelineOptions(
-        max_in_flight=settings.max_in_flight,
-        max_buffered=settings.max_buffered_events,
-        retry_max_elapsed=settings.retry_max_elapsed_seconds,
-        retry_initial_backoff=settings.retry_initial_backoff_seconds,
-        retry_max_backoff=settings.retry_max_backoff_seconds,
-        dedupe_ttl=settings.dedupe_ttl_seconds,
-        dedupe_max_entries=settings.dedupe_max_entries,
-        rate_limit=settings.rate_limit,
-        rate_limit_login=settings.rate_limit_login,
-        rate_limit_logout=settings.rate_limit_logout,
-        policy=policy,
-        cloudevent_types=CloudEventTypes(
-            settings.cloudevents_login_success_suffix,
-            settings.cloudevents_login_failure_suffix,
-            settings.cloudevents_logout_suffix,
-        ),
-        circuit_failure_ratio=settings.circuit_failure_ratio,
-        circuit_min_requests=settings.circuit_min_requests,
-        circuit_window=settings.circuit_window_seconds,
-        circuit_max_open=settings.circuit_max_open_seconds,
-    )
-
-
-def token_source(settings: Settings) -> TokenSource:
-    try:
-        if settings.legiti_api_token is not None:
-            return TokenSource(token=settings.legiti_api_token.get_secret_value())
-        return TokenSource(path=settings.legiti_api_token_file)
-    except TokenError as exc:
-        raise StartupError(f"FORWARDER_LEGITI_API_TOKEN_FILE: {exc}") from exc
 
 
 async def start_with_retry(
@@ -101,34 +74,35 @@ async def start_with_retry(
 
 
 class Forwarder:
-    """One forwarder: the pipeline between a consumer group and Legiti."""
+    """One forwarder: the pipeline between a consumer group and the sink."""
 
     def __init__(
         self,
         settings: Settings,
-        sender: Sender | None = None,
-        dead_letters: DeadLetterSink | None = None,
+        sink: Sink | None = None,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
-        """`sender` and `dead_letters` replace the Legiti client and the dead-letter
+        """`sink` and `dead_letters` replace the configured sink and the dead-letter
         producer (the benchmark and failure-injection tests use this)."""
         self.settings = settings
         self.metrics = Metrics()
-        self.token = token_source(settings)
-        if settings.kafka_sasl_password is not None:
-            register_secret(settings.kafka_sasl_password.get_secret_value())
-        self._own_sink = sender is None
+        if settings.kafka.sasl_password is not None:
+            register_secret(settings.kafka.sasl_password.get_secret_value())
+        try:
+            built = build_sink(settings.sink)
+        except SinkSetupError as exc:
+            raise StartupError(str(exc)) from exc
+        self._own_sink = sink is None
+        self.sink: Sink = sink or built.sink
+        self.credentials: TokenSource | None = built.credentials
+        self._sink_description = built.describe
         self._dead_letters = dead_letters
-        self.sink: Sender = sender or LegitiSink(
-            settings.legiti_base_url,
-            self.token,
-            timeout=settings.http_timeout_seconds,
-            max_connections=settings.max_in_flight,
-        )
-        self.options = pipeline_options(settings)
+        self.policy = load_policy_file(settings.limits)
+        self.limits = LocalLimits()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
         self.health = HealthServer(
-            self.metrics, self.readiness, settings.metrics_host, settings.metrics_port
+            self.metrics, self.readiness, settings.ops.metrics_host, settings.ops.metrics_port
         )
         self._log = get_logger("forwarder.commands.run")
 
@@ -136,8 +110,9 @@ class Forwarder:
         pipeline = self.pipeline
         return {
             "consumer_group": self.source is not None and self.source.in_group,
-            "credentials": pipeline is not None and pipeline.authorized,
-            "circuit": pipeline is not None and pipeline.circuit_closed,
+            "credentials": pipeline is not None and pipeline.gate.authorized,
+            "circuit": pipeline is not None and pipeline.gate.circuit_closed,
+            "sink_configuration": pipeline is not None and pipeline.gate.configured,
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -145,28 +120,28 @@ class Forwarder:
         try:
             await self.health.start()
         except OSError as exc:
-            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            where = f"{settings.ops.metrics_host}:{settings.ops.metrics_port}"
             raise StartupError(f"FORWARDER_METRICS_PORT: cannot listen on {where}: {exc}") from exc
         self._log.info(
             "forwarder starting",
-            topics=settings.kafka_topics,
-            group_id=settings.kafka_group_id,
-            dead_letter_topic=settings.dead_letter_topic,
-            legiti=settings.legiti_base_url,
+            topics=settings.kafka.topics,
+            group_id=settings.kafka.group_id,
+            dead_letter_topic=settings.kafka.dead_letter_topic,
+            sink=self._sink_description,
             metrics_port=self.health.port,
         )
         try:
             await self._run(stop)
         finally:
             await self.health.stop()
-            if self._own_sink and isinstance(self.sink, LegitiSink):
+            if self._own_sink:
                 await self.sink.aclose()
 
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         try:
-            consumer_kwargs = consumer_options(settings)
-            producer_kwargs = producer_options(settings)
+            consumer_kwargs = consumer_options(settings.kafka)
+            producer_kwargs = producer_options(settings.kafka)
         except KafkaSecretError as exc:
             raise StartupError(str(exc)) from exc
         producer = await start_with_retry(
@@ -175,11 +150,18 @@ class Forwarder:
         if producer is None:
             return
         try:
-            pipeline = Pipeline(
-                self.options,
+            pipeline = build_pipeline(
                 self.sink,
-                self._dead_letters or KafkaDeadLetters(producer, settings.dead_letter_topic),
+                self._dead_letters or KafkaDeadLetters(producer, settings.kafka.dead_letter_topic),
                 self.metrics,
+                policy=self.policy,
+                limits=settings.limits,
+                backend=self.limits,
+                retry=settings.retry,
+                dedupe=settings.dedupe,
+                decode=settings.decode,
+                max_in_flight=settings.sink.max_in_flight,
+                max_buffered=settings.kafka.max_buffered_events,
             )
             self.pipeline = pipeline
             consumer = await start_with_retry(
@@ -192,54 +174,46 @@ class Forwarder:
                 return
             source = KafkaSource(
                 consumer,
-                settings.kafka_topics,
+                settings.kafka.topics,
                 pipeline,
                 self.metrics,
-                settings.commit_interval_seconds,
+                settings.kafka.commit_interval_seconds,
             )
             self.source = source
+            await self.sink.open()
+            await self.limits.start(pipeline.wake)
             pipeline.start()
-            watcher = asyncio.create_task(self._watch_token(stop, pipeline))
+            watcher = asyncio.create_task(self._watch_credentials(stop, pipeline))
             try:
                 await source.run(stop)
             finally:
                 watcher.cancel()
                 self._log.info("stopping: draining in-flight sends", in_flight=pipeline.in_flight)
-                drained = await pipeline.drain(settings.shutdown_timeout_seconds)
+                drained = await pipeline.drain(settings.ops.shutdown_timeout_seconds)
                 await source.close()
+                await self.limits.aclose()
                 self._log.info(
                     "forwarder stopped", drained=drained, committed=pipeline.committable()
                 )
         finally:
             await producer.stop()
 
-    async def _watch_token(self, stop: asyncio.Event, pipeline: Pipeline) -> None:
-        if self.token.path is None:
+    async def _watch_credentials(self, stop: asyncio.Event, pipeline: Pipeline) -> None:
+        credentials = self.credentials
+        if credentials is None or credentials.path is None:
             return
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TOKEN_CHECK_INTERVAL)
             try:
-                changed = self.token.refresh()
+                changed = credentials.refresh()
             except TokenError as exc:
                 self._log.error("cannot re-read the API token file", error=str(exc))
                 continue
             if changed:
                 self._log.info("API token file changed; using the new token")
-                pipeline.credentials_changed()
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    log = get_logger("forwarder.commands.run")
-
-    def request_stop(signame: str) -> None:
-        if not stop.is_set():
-            log.info("signal received; shutting down", signal=signame)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
+                pipeline.gate.credentials_changed(time.monotonic())
+                pipeline.wake()
 
 
 async def run_forever(settings: Settings) -> None:

@@ -8,8 +8,6 @@ original headers back to the source topic.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 from forwarder.core.events import SourceRecord
 
 MAX_DETAIL_BYTES = 2048
@@ -56,21 +54,3 @@ def dead_letter_headers(
     if body is not None:
         headers.append(("x-forwarder-response-body", _clip(body, MAX_BODY_BYTES)))
     return headers
-
-
-class DeadLetterSink(Protocol):
-    async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
-        """Store the dead letter durably or raise; the source offset waits for it."""
-
-
-class KafkaDeadLetters:
-    """Writes dead letters with an aiokafka producer (acks=all), keyed like the original."""
-
-    def __init__(self, producer: Any, topic: str) -> None:
-        self._producer = producer
-        self.topic = topic
-
-    async def write(self, record: SourceRecord, headers: list[tuple[str, bytes]]) -> None:
-        await self._producer.send_and_wait(
-            self.topic, value=record.value, key=record.key, headers=headers
-        )

@@ -38,10 +38,6 @@ cannot be crafted to collide, unless PYTHONHASHSEED is pinned (do not pin it).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
-
-_fingerprint: Callable[[str], int] = hash
-"""64 bits of a key: the module attribute that tests narrow to force collisions."""
 
 _NIL = -1
 """No node: the end of a link chain, and an empty table slot."""
@@ -93,7 +89,7 @@ class DeliveredWindow:
         return self._len
 
     def contains(self, key: str, now: float) -> bool:
-        fingerprint = _fingerprint(key)
+        fingerprint = hash(key)
         slots, prints, mask = self._slots, self._prints, self._mask
         slot = fingerprint & mask
         while (node := slots[slot]) != _NIL:
@@ -108,7 +104,7 @@ class DeliveredWindow:
         if self._free == _NIL:
             self._grow()  # before the lookup, whose slot a rebuilt table would move
         # Inlined lookup and relinking: method calls would cost more than the work.
-        fingerprint = _fingerprint(key)
+        fingerprint = hash(key)
         slots, prints, mask = self._slots, self._prints, self._mask
         prev, next_ = self._prev, self._next
         slot = fingerprint & mask

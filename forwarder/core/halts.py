@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import deque
 from enum import IntEnum
 
+from forwarder.core.retry import Backoff
+
 
 class HaltState(IntEnum):
     """Values are the `forwarder_circuit_state` gauge."""
@@ -24,11 +26,10 @@ class HaltState(IntEnum):
 class Halt:
     """Open/half-open/closed with exponential pauses between probes."""
 
-    __slots__ = ("_failures", "_first_pause", "_max_pause", "_probe_at", "state")
+    __slots__ = ("_failures", "_pauses", "_probe_at", "state")
 
     def __init__(self, first_pause: float, max_pause: float) -> None:
-        self._first_pause = first_pause
-        self._max_pause = max_pause
+        self._pauses = Backoff(first_pause, max_pause)
         self._failures = 0
         self._probe_at = 0.0
         self.state = HaltState.CLOSED
@@ -39,14 +40,15 @@ class Halt:
 
     def open(self, now: float) -> None:
         """Stop sends; each consecutive opening doubles the pause, up to the maximum."""
-        pause = min(self._max_pause, self._first_pause * 2.0 ** min(self._failures, 30))
         self._failures += 1
-        self._probe_at = now + pause
+        self._probe_at = now + self._pauses.cap(self._failures)
         self.state = HaltState.OPEN
 
     def probe_now(self, now: float) -> None:
-        """Let the next send through at once (the token file changed, say)."""
-        if self.state is HaltState.OPEN:
+        """Let the next send through at once as a new probe (the token file changed, say),
+        even while an earlier probe is still out."""
+        if self.state is not HaltState.CLOSED:
+            self.state = HaltState.OPEN
             self._probe_at = now
 
     def delay(self, now: float) -> float:
@@ -77,9 +79,10 @@ class Halt:
 
 class CircuitBreaker:
     """Opens when, within the last `window` seconds, at least `min_requests` sends
-    ended and `failure_ratio` of them were outage failures (5xx, timeouts, refused
-    connections). A 429 or a 4xx is an answer from a healthy service and counts as
-    neither success nor failure here."""
+    were counted and `failure_ratio` of them were outage failures (5xx, timeouts,
+    refused connections). The caller says what an answer counts as: a failure, a
+    success, or neither (`failed=None`: a 429 or a refused token comes from a service
+    that is up, but says nothing about whether it is healthy)."""
 
     __slots__ = ("_failure_ratio", "_failures", "_min_requests", "_results", "_window", "halt")
 
@@ -88,7 +91,6 @@ class CircuitBreaker:
         failure_ratio: float = 0.5,
         min_requests: int = 20,
         window: float = 30.0,
-        first_pause: float = 1.0,
         max_pause: float = 60.0,
     ) -> None:
         self._failure_ratio = failure_ratio
@@ -96,14 +98,15 @@ class CircuitBreaker:
         self._window = window
         self._results: deque[tuple[float, bool]] = deque()
         self._failures = 0
-        self.halt = Halt(first_pause, max_pause)
+        self.halt = Halt(1.0, max_pause)
 
-    def record(self, now: float, *, failed: bool, probe: bool) -> bool:
+    def record(self, now: float, *, failed: bool | None, probe: bool) -> bool:
         """Count one outcome; returns True when it changed the state.
 
         Only the probe's outcome moves an open breaker: answers to sends made
         before it opened are stale news and would otherwise re-open it over and
-        over, doubling the pause each time.
+        over, doubling the pause each time. Any answer but a failure closes it:
+        the service is answering again.
         """
         before = self.halt.state
         if probe:
@@ -112,7 +115,7 @@ class CircuitBreaker:
             else:
                 self.halt.close()
                 self._forget()
-        elif self.halt.is_closed:
+        elif self.halt.is_closed and failed is not None:
             self._count(now, failed)
         return self.halt.state is not before
 

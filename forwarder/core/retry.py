@@ -1,5 +1,6 @@
-"""How long to wait before trying again: exponential backoff with full jitter,
-and the server's own `Retry-After` when it gives one.
+"""When a failed send is tried again, and when it is given up: exponential backoff
+with full jitter, the server's own `Retry-After` when it gives one, and a budget
+of time after the first failure.
 
 Full jitter (a uniform draw between 0 and the exponential cap) is what spreads a
 crowd of retries out after an outage; without it every failed event comes back at
@@ -50,3 +51,22 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     if when.tzinfo is None:
         return None
     return min(max(0.0, when.timestamp() - now_wall), MAX_RETRY_AFTER)
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """`max_elapsed` seconds after an event's first failure it is given up (0: never)."""
+
+    max_elapsed: float
+    backoff: Backoff
+
+    def delay(self, attempts: int, failing_for: float, retry_after: float | None) -> float | None:
+        """Seconds until the next attempt, or None to give up.
+
+        The server's Retry-After wins over the backoff; no wait reaches past the budget,
+        so the last attempt comes at its end rather than a long wait beyond it."""
+        limit = self.max_elapsed
+        if limit and failing_for >= limit:
+            return None
+        delay = retry_after if retry_after is not None else self.backoff.delay(attempts)
+        return min(delay, limit - failing_for) if limit else delay

@@ -17,7 +17,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from forwarder.core.dedupe import DeliveredWindow
 from forwarder.core.events import TOOLS, AuthEvent, SourceRecord
@@ -39,16 +39,11 @@ class Job:
     limited_since: float | None = None
     in_flight: bool = False
     cancelled: bool = False
-    ready_at: float = field(default=0.0)
     seq: int = 0
 
     @property
     def lane(self) -> LaneKey:
         return (self.record.topic, self.record.partition, self.event.user_id)
-
-    @property
-    def partition(self) -> Partition:
-        return (self.record.topic, self.record.partition)
 
 
 class Scheduler:
@@ -170,16 +165,15 @@ class Scheduler:
         if job.cancelled:
             return self.complete(job, delivered=False, now=when)
         job.in_flight = False
-        job.ready_at = when
         heapq.heappush(self._retries[job.event.action.tool], (when, job.seq, job))
         return []
 
     # Rebalances ----------------------------------------------------------------
 
-    def cancel(self, partitions: Iterable[Partition], now: float) -> tuple[list[Job], list[Job]]:
+    def cancel(self, partitions: Iterable[Partition], now: float) -> list[Job]:
         """Forget every job of these partitions (they were revoked; their new owner
-        reads them again from the committed offset). Returns the cancelled jobs and
-        any copies elsewhere that their release settled as duplicates.
+        reads them again from the committed offset). Returns the copies elsewhere
+        that their release settled as duplicates.
 
         A cancelled job that is in flight keeps its claim until its answer comes,
         so a copy of it elsewhere is still never sent at the same time."""
@@ -195,8 +189,9 @@ class Scheduler:
             if not job.in_flight and self._claims.get(key) is job:
                 del self._claims[key]
                 self._settle_parked(key, now, duplicates)
-        return cancelled, duplicates
+        return duplicates
 
     @property
     def lanes(self) -> int:
+        """Users with events waiting or in flight (the `forwarder_users_waiting` gauge)."""
         return len(self._lanes)

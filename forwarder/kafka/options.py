@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 
 from forwarder import __version__
-from forwarder.config import Settings
+from forwarder.config import KafkaSettings
 from forwarder.ops.logs import register_secret
 
 
@@ -19,14 +19,14 @@ class KafkaSecretError(RuntimeError):
     """A Kafka credential file cannot be read."""
 
 
-def _sasl_password(settings: Settings) -> str | None:
-    if settings.kafka_sasl_password is not None:
-        return settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_sasl_password_file is not None:
+def _sasl_password(kafka: KafkaSettings) -> str | None:
+    if kafka.sasl_password is not None:
+        return kafka.sasl_password.get_secret_value()
+    if kafka.sasl_password_file is not None:
         try:
-            password = settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+            password = kafka.sasl_password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            path = settings.kafka_sasl_password_file
+            path = kafka.sasl_password_file
             raise KafkaSecretError(
                 f"cannot read FORWARDER_KAFKA_SASL_PASSWORD_FILE {path}: {exc.strerror}"
             ) from exc
@@ -35,47 +35,47 @@ def _sasl_password(settings: Settings) -> str | None:
     return None
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     """Options shared by the consumer and the dead-letter producer."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
-        "client_id": f"{settings.kafka_client_id}/{__version__}",
-        "security_protocol": settings.kafka_security_protocol,
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}/{__version__}",
+        "security_protocol": kafka.security_protocol,
     }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
         context = create_ssl_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
             password=(
-                settings.kafka_ssl_key_password.get_secret_value()
-                if settings.kafka_ssl_key_password
-                else None
+                kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
             ),
         )
-        context.check_hostname = settings.kafka_ssl_check_hostname
+        context.check_hostname = kafka.ssl_check_hostname
         options["ssl_context"] = context
-    if settings.kafka_security_protocol.startswith("SASL_"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = _sasl_password(settings)
+    if kafka.security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = _sasl_password(kafka)
     return options
 
 
-def consumer_options(settings: Settings) -> dict[str, Any]:
+def consumer_options(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
+    """The forwarder's consumer; `group_id` replaces the configured group for a tool that
+    reads as a group of its own (a dead-letter replay)."""
     return {
-        **client_options(settings),
-        "group_id": settings.kafka_group_id,
+        **client_options(kafka),
+        "group_id": group_id or kafka.group_id,
         "enable_auto_commit": False,
-        "auto_offset_reset": settings.kafka_auto_offset_reset,
-        "max_poll_records": settings.kafka_max_poll_records,
-        "session_timeout_ms": settings.kafka_session_timeout_ms,
-        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
-        "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "auto_offset_reset": kafka.auto_offset_reset,
+        "max_poll_records": kafka.max_poll_records,
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
         "isolation_level": "read_committed",
     }
 
 
-def producer_options(settings: Settings) -> dict[str, Any]:
-    return {**client_options(settings), "acks": "all", "linger_ms": 5}
+def producer_options(kafka: KafkaSettings) -> dict[str, Any]:
+    return {**client_options(kafka), "acks": "all", "linger_ms": 5}

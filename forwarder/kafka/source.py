@@ -19,7 +19,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from forwarder.core.events import SourceRecord
 from forwarder.engine.pipeline import Pipeline
-from forwarder.ops.logs import Throttle, get_logger
+from forwarder.ops.logs import RepeatSuppressor, get_logger
 from forwarder.ops.metrics import Metrics
 
 POLL_TIMEOUT_MS = 100
@@ -66,7 +66,7 @@ class KafkaSource:
         self._commit_lock = asyncio.Lock()
         self._paused = False
         self._log = get_logger("forwarder.kafka.source")
-        self._throttle = Throttle(30.0)
+        self._throttle = RepeatSuppressor(30.0)
         self.in_group = False
         consumer.subscribe(topics, listener=_Rebalance(self))
 
@@ -99,7 +99,7 @@ class KafkaSource:
                 await committer
 
     def _max_records(self) -> int:
-        return max(1, self._pipeline.options.max_buffered - self._pipeline.buffered)
+        return max(1, self._pipeline.max_buffered - self._pipeline.buffered)
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
         full = self._pipeline.should_pause()
@@ -107,7 +107,7 @@ class KafkaSource:
             self._paused = True
             self._log.debug("pipeline full; partitions paused", buffered=self._pipeline.buffered)
         elif self._paused and self._pipeline.buffered <= (
-            self._pipeline.options.max_buffered * RESUME_FRACTION
+            self._pipeline.max_buffered * RESUME_FRACTION
         ):
             self._paused = False
             consumer.resume(*consumer.assignment())

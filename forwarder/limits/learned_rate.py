@@ -78,10 +78,10 @@ class AdaptiveRate:
         self._accepted.append(now)
         self._forget_accepted(now)
 
-    def on_throttled(self, now: float, sent_at: float, in_flight: int) -> bool:
-        """Returns True when this 429 lowered the rate (the first of its episode)."""
+    def on_throttled(self, now: float, sent_at: float, in_flight: int) -> None:
+        """Lower the rate, unless a cut for this episode was already made."""
         if sent_at < self._cut_at:
-            return False
+            return
         current = self.ceiling(now)
         if current is None:
             self._forget_accepted(now)
@@ -89,7 +89,6 @@ class AdaptiveRate:
         self._peak = max(self._floor, current)
         self._cut_at = now
         self._next_send = now + 1.0 / max(self._floor, self.decrease * self._peak)
-        return True
 
     def _forget_accepted(self, now: float) -> None:
         accepted = self._accepted

@@ -111,8 +111,9 @@ class _StdlibFormatter(logging.Formatter):
         return _json_dumps(entry)
 
 
-class Throttle:
-    """Lets a message through once per `period` per key and counts what it held back."""
+class RepeatSuppressor:
+    """Lets a log line through once per `period` per key and counts what it held back
+    (so an outage writes one line a period, not one per failed request)."""
 
     def __init__(self, period: float) -> None:
         self.period = period

@@ -175,6 +175,11 @@ class Metrics:
             _LATENCY_BUCKETS,
             registry=r,
         )
+        self.dead_letter_write_failures = Counter(
+            "forwarder_dead_letter_write_failures",
+            "Attempts to write a dead letter that failed (each is retried until it sticks).",
+            registry=r,
+        )
         self.retries = Counter(
             "forwarder_retries", "Sends that failed and were scheduled again.", registry=r
         )
@@ -214,6 +219,16 @@ class Metrics:
         )
         self.credentials_valid = Gauge(
             "forwarder_credentials_valid", "0 while Legiti rejects the API token.", registry=r
+        )
+        self.sink_misconfigured = Gauge(
+            "forwarder_sink_misconfigured",
+            "1 while the sink says the forwarder is pointed at the wrong place (sends halted).",
+            registry=r,
+        )
+        self.users_waiting = Gauge(
+            "forwarder_users_waiting",
+            "Users with events consumed and not yet finished (one lane each).",
+            registry=r,
         )
         self.commits = Counter(
             "forwarder_offset_commits", "Offset commits, by result.", ["result"], registry=r

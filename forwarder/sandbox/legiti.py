@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import collections
 import random
-import signal
 import time
 from bisect import insort
 from collections.abc import Callable, Sequence
@@ -28,10 +27,14 @@ from typing import Final, Self, TypedDict
 
 import orjson
 
+from forwarder.runtime import install_signal_handlers, run_event_loop
+
 AUTH_PATH: Final = b"/ticketing/v1/auth"
 STATS_PATH: Final = b"/_stub/stats"
 RESET_PATH: Final = b"/_stub/reset"
 ACTION_TYPES: Final = frozenset({"login_success", "login_failure", "logout"})
+TOKEN: Final = "test-token"
+"""The bearer token the stand-in accepts unless told otherwise."""
 
 DROPPED: Final = 0
 """Status recorded for a request the stub hung up on, so drops show up in the counters."""
@@ -222,7 +225,7 @@ class LegitiStub:
         self,
         host: str = "127.0.0.1",
         port: int = 0,
-        tokens: AbstractSet[str] = frozenset({"test-token"}),
+        tokens: AbstractSet[str] = frozenset({TOKEN}),
         *,
         faults: Faults | None = None,
         recording: bool = True,
@@ -529,7 +532,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         action="extend",
         nargs="+",
         default=[],
-        help="accepted bearer token, repeatable (default: test-token)",
+        help=f"accepted bearer token, repeatable (default: {TOKEN})",
     )
     parser.add_argument(
         "--no-record", action="store_true", help="keep only counters, for long benchmarks"
@@ -545,9 +548,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def _serve_until_signalled(stub: LegitiStub) -> None:
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
+    install_signal_handlers(stopping)
     async with stub:
         print(f"listening {stub.url}", flush=True)
         await stopping.wait()
@@ -558,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stub = LegitiStub(
         args.host,
         args.port,
-        frozenset(args.token or ["test-token"]),
+        frozenset(args.token or [TOKEN]),
         recording=not args.no_record,
         faults=Faults(
             latency=args.latency,
@@ -569,12 +570,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rate_limit_burst=args.rate_limit_burst,
         ),
     )
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve_until_signalled(stub))
-    else:
-        uvloop.run(_serve_until_signalled(stub))
+    run_event_loop(_serve_until_signalled(stub))
 
 
 if __name__ == "__main__":

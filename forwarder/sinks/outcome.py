@@ -12,6 +12,10 @@ the protocol. `code` is the sink's short name for what happened, used as the
   timeouts, refused connections) counts towards the circuit breaker.
 - Rejected: the event itself is refused; dead letter, reason `rejected`.
 - Unauthorized: the credentials are refused; halt every send, never a dead letter.
+- Denied: the gateway's policy refuses this tool; dead letter `denied_by_policy`,
+  and the tool is treated as denied from then on (no hammering).
+- Misconfigured: the far end says the forwarder is pointed at the wrong place or
+  calls what it does not offer; halt every send (not ready), never a dead letter.
 """
 
 from __future__ import annotations
@@ -50,7 +54,19 @@ class Unauthorized:
     detail: str
 
 
-Outcome = Delivered | Retry | Rejected | Unauthorized
+@dataclass(frozen=True, slots=True)
+class Denied:
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Misconfigured:
+    code: str
+    detail: str
+
+
+Outcome = Delivered | Retry | Rejected | Unauthorized | Denied | Misconfigured
 
 
 def transport_failure(code: str, detail: str) -> Retry:

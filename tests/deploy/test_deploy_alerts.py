@@ -20,7 +20,6 @@ import yaml
 
 from tests.deploy.deploytools import (
     HERE,
-    K8S,
     OVERLAYS,
     REPO,
     alert_rules,
@@ -66,7 +65,8 @@ METRIC_LABELS: dict[str, set[str]] = {
 TARGET_LABELS = {"namespace", "pod", "service", "container", "endpoint", "job", "instance"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_NAME = re.compile(r"\bforwarder_[a-z0-9_]+\b")
-RUNBOOK_PREFIX = "https://github.com/legiti/forwarder/blob/main/README.md#"
+OPERATIONS = REPO / "docs" / "operations.md"
+RUNBOOK_PREFIX = "https://github.com/legiti/forwarder/blob/main/docs/operations.md#"
 RUNBOOKS = {
     "ForwarderConsumerLagGrowing": "runbook-forwarderconsumerlaggrowing",
     "ForwarderDeadLetters": "runbook-forwarderdeadletters",
@@ -139,28 +139,20 @@ def test_the_expected_alerts_exist_with_runbooks(objects: list[dict[str, Any]]) 
         assert rule["annotations"]["runbook_url"] == RUNBOOK_PREFIX + RUNBOOKS[rule["alert"]]
 
 
-@pytest.mark.parametrize(
-    "readme", [K8S / "README.md", REPO / "README.md"], ids=["deploy/kubernetes", "main"]
-)
-def test_runbook_anchors_exist(readme: Path) -> None:
-    """The alerts link to the main README; deploy/kubernetes/README.md is its source."""
-    assert readme.exists(), f"{readme.relative_to(REPO)} is missing"
-    text = readme.read_text()
+def test_runbook_anchors_exist() -> None:
+    """Every alert's runbook URL lands on an anchor in docs/operations.md."""
+    text = OPERATIONS.read_text()
     for anchor in sorted(set(RUNBOOKS.values())):
-        assert f'<a id="{anchor}"></a>' in text, (
-            f"{readme.relative_to(REPO)} lacks the runbook anchor {anchor}; "
-            "paste deploy/kubernetes/README.md into the main README"
-        )
+        assert f'<a id="{anchor}"></a>' in text, f"docs/operations.md lacks the anchor {anchor}"
 
 
-def test_readme_links_resolve() -> None:
-    text = (K8S / "README.md").read_text()
-    ids = set(re.findall(r'<a id="([^"]+)"></a>', text))
-    for heading in re.findall(r"^#+ (.+)$", text, re.M):
-        ids.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
-    links = set(re.findall(r"\]\(#([^)]+)\)", text))
-    assert links, "expected internal links"
-    assert links <= ids, f"broken links: {sorted(links - ids)}"
+def test_the_dashboard_links_to_the_runbooks(objects: list[dict[str, Any]]) -> None:
+    urls = [link["url"] for link in dashboard(objects).get("links", [])]
+    assert urls, "the dashboard links to the runbooks"
+    text = OPERATIONS.read_text()
+    for url in urls:
+        assert url.startswith(RUNBOOK_PREFIX), url
+        assert f'<a id="{url.removeprefix(RUNBOOK_PREFIX)}"></a>' in text, url
 
 
 # ------------------------------------------------------ metric consistency

@@ -1,4 +1,5 @@
-"""Helpers for integration tests: topics, producing, reading dead letters, committed offsets."""
+"""Helpers for integration tests: topics, producing, reading dead letters, committed offsets,
+and a forwarder in this process."""
 
 from __future__ import annotations
 
@@ -10,30 +11,21 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from forwarder.commands.run import Forwarder
 from forwarder.config import Settings, load_settings
+from forwarder.sandbox.samples import Samples
+from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import Outgoing
 from forwarder.sandbox.topics import create_topic as create_topic
 from forwarder.sandbox.topics import produce as produce_records
 
-TOKEN = "test-token"
 _counter = itertools.count()
 
 
 def unique(prefix: str = "auth") -> str:
     return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
-
-
-def native(
-    event_id: str, user_id: str | int, kind: str = "login", success: bool | None = True
-) -> bytes:
-    event: dict[str, Any] = {"event_id": event_id, "type": kind, "user_id": user_id}
-    if kind == "login":
-        event["success"] = success
-    return orjson.dumps(event)
 
 
 Message = bytes | None | tuple[bytes | None, Sequence[tuple[str, bytes]]]
@@ -85,22 +77,8 @@ async def committed(
         await consumer.stop()
 
 
-def settings(bootstrap: str, topic: str, legiti_url: str, **overrides: Any) -> Settings:
-    env = {
-        "FORWARDER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "FORWARDER_KAFKA_TOPICS": topic,
-        "FORWARDER_KAFKA_GROUP_ID": f"group-{topic}",
-        "FORWARDER_LEGITI_BASE_URL": legiti_url,
-        "FORWARDER_LEGITI_API_TOKEN": TOKEN,
-        "FORWARDER_METRICS_PORT": "0",
-        "FORWARDER_METRICS_HOST": "127.0.0.1",
-        "FORWARDER_COMMIT_INTERVAL_SECONDS": "0.2",
-        "FORWARDER_RETRY_INITIAL_BACKOFF_SECONDS": "0.05",
-        "FORWARDER_RETRY_MAX_BACKOFF_SECONDS": "0.5",
-        "FORWARDER_KAFKA_SESSION_TIMEOUT_MS": "3000",
-        "FORWARDER_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-    }
-    return load_settings(env, overrides)
+def settings(bootstrap: str, topic: str, legiti_url: str, **overrides: str) -> Settings:
+    return load_settings(sandbox_env(bootstrap, topic, legiti_url, **overrides))
 
 
 @contextlib.asynccontextmanager
@@ -117,7 +95,7 @@ async def running(config: Settings, **parts: Any) -> AsyncIterator[Forwarder]:
 
 
 def metric(forwarder: Forwarder, name: str, **labels: str) -> float:
-    return forwarder.metrics.registry.get_sample_value(name, labels) or 0.0
+    return Samples.of_registry(forwarder.metrics.registry).value(name, **labels)
 
 
 def header(record: Any, name: str) -> bytes | None:

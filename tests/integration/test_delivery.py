@@ -7,15 +7,15 @@ from collections import Counter
 
 import orjson
 
-from forwarder.core.dead_letters import KafkaDeadLetters
 from forwarder.core.events import SourceRecord
+from forwarder.kafka.dead_letters import KafkaDeadLetters
 from tests.conftest import eventually
+from tests.factories import native
 from tests.integration.kafka_helpers import (
     committed,
     create_topic,
     header,
     metric,
-    native,
     produce,
     read_all,
     running,
@@ -43,11 +43,11 @@ async def test_commit_waits_for_the_unfinished_event(broker, legiti) -> None:
         await eventually(
             lambda: metric(forwarder, "forwarder_offset_commits_total", result="ok") >= 1
         )
-        assert await committed(broker.bootstrap, config.kafka_group_id, topic) == {0: 1}
+        assert await committed(broker.bootstrap, config.kafka.group_id, topic) == {0: 1}
         legiti.faults.status_for_user = {}
         await eventually(lambda: len(legiti.accepted) == 20, what="the stuck event after healing")
         await eventually(lambda: pipeline.committable() == {(topic, 0): 20})
-    assert await committed(broker.bootstrap, config.kafka_group_id, topic) == {0: 20}
+    assert await committed(broker.bootstrap, config.kafka.group_id, topic) == {0: 20}
 
 
 class FlakyDeadLetters:
@@ -84,7 +84,7 @@ async def test_failed_dead_letter_write_blocks_the_commit(broker, legiti) -> Non
             await eventually(lambda: pipeline.committable() == {(topic, 0): 3})
         dead = await read_all(broker.bootstrap, f"{topic}.dlq", 1)
         assert dead[0].value == b"{broken"
-        assert await committed(broker.bootstrap, config.kafka_group_id, topic) == {0: 3}
+        assert await committed(broker.bootstrap, config.kafka.group_id, topic) == {0: 3}
     finally:
         await producer.stop()
 

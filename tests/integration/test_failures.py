@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from forwarder.core.halts import HaltState
 from tests.conftest import eventually
+from tests.factories import native
 from tests.integration.kafka_helpers import (
     create_topic,
     header,
     metric,
-    native,
     produce,
     read_all,
     running,

@@ -25,7 +25,7 @@ from forwarder.limits.shared_log import Exchange, SharedLog
 from forwarder.sandbox.legiti import LegitiStub
 from forwarder.shared.connection import redis_target
 from forwarder.shared.status import SharedStatus
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_until
 from tests.integration.kafka_helpers import unique
 from tests.integration.test_limits import busiest_window
 
@@ -201,7 +201,7 @@ async def test_leases_of_a_vanished_holder_expire(redis_server) -> None:
             grants.append(grant)
             return grant.granted == 1
 
-        await eventually(granted, timeout=10, what="the vanished holder's leases to expire")
+        await wait_until(granted, timeout=10, what="the vanished holder's leases to expire")
         # On the server's clock: the first grant came no sooner than the leases' bound + W.
         assert grants[-1].server_now_us - taken.server_now_us >= bound_us + window_us
         assert all(g.granted == 0 for g in grants[:-1])

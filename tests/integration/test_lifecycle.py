@@ -16,21 +16,15 @@ from collections import Counter
 from aiokafka import AIOKafkaProducer
 
 from forwarder.sandbox.broker import SandboxBroker, free_port
-from tests.conftest import eventually
-from tests.integration.kafka_helpers import committed, create_topic, native, produce, unique
-from tests.integration.process import ForwarderProcess, forwarder_env, wait_until
+from forwarder.sandbox.process import ForwarderProcess
+from forwarder.sandbox.settings import sandbox_env
+from tests.conftest import eventually, wait_until
+from tests.factories import native_series
+from tests.integration.kafka_helpers import committed, create_topic, produce, unique
 
 
 def keys(stub) -> list[str]:
     return [received.idempotency_key for received in stub.accepted]
-
-
-def events(prefix: str, count: int, users: int, start: int = 0) -> list[bytes]:
-    kinds = ("login", "logout")
-    return [
-        native(f"{prefix}{i}", f"user-{i % users}", kinds[i % 3 == 2], success=i % 2 == 0)
-        for i in range(start, start + count)
-    ]
 
 
 def assigned(forwarder: ForwarderProcess) -> list[str] | None:
@@ -44,11 +38,11 @@ async def test_kill_9_mid_stream_loses_nothing_and_resends_about_a_second(
 ) -> None:
     total, crash_at, max_in_flight, commit_interval = 1500, 1000, 3, 0.5
     topic = await create_topic(broker.bootstrap, unique("kill9"), partitions=4)
-    await produce(broker.bootstrap, topic, events("k", total, users=100))
+    await produce(broker.bootstrap, topic, native_series("k", total, users=100))
     # At most max_in_flight / latency = 300 events/s, however fast the machine: the
     # bound below scales with the rate, so a slow rate keeps the test discriminating.
     legiti.faults.latency = 0.01
-    env = forwarder_env(
+    env = sandbox_env(
         broker.bootstrap,
         topic,
         legiti.url,
@@ -98,9 +92,9 @@ async def test_sigterm_drains_in_flight_commits_finished_prefix_and_exits_0(
 ) -> None:
     total, users, max_in_flight, shutdown_timeout = 120, 8, 8, 5.0
     topic = await create_topic(broker.bootstrap, unique("drain"), partitions=1)
-    await produce(broker.bootstrap, topic, events("d", total, users=users))
+    await produce(broker.bootstrap, topic, native_series("d", total, users=users))
     legiti.faults.latency = 0.5
-    env = forwarder_env(
+    env = sandbox_env(
         broker.bootstrap,
         topic,
         legiti.url,
@@ -163,7 +157,7 @@ class Stream:
         try:
             index = 0
             while not self._halt.is_set():
-                batch = events("r", 25, self.users, start=index)
+                batch = native_series("r", 25, self.users, start=index)
                 await asyncio.gather(*[await producer.send(self.topic, value) for value in batch])
                 self.produced.extend(f"r{i}" for i in range(index, index + 25))
                 index += 25
@@ -185,7 +179,7 @@ async def test_rebalance_between_two_processes_loses_nothing(broker, legiti, tmp
     max_in_flight, partitions = 8, 4
     topic = await create_topic(broker.bootstrap, unique("rebalance"), partitions=partitions)
     legiti.faults.latency = 0.01
-    env = forwarder_env(broker.bootstrap, topic, legiti.url, max_in_flight=max_in_flight)
+    env = sandbox_env(broker.bootstrap, topic, legiti.url, max_in_flight=max_in_flight)
     group = env["FORWARDER_KAFKA_GROUP_ID"]
     stream = Stream(broker.bootstrap, topic)
 
@@ -244,7 +238,7 @@ async def test_rebalance_between_two_processes_loses_nothing(broker, legiti, tmp
 async def test_unreachable_broker_at_start_waits_then_forwards(legiti, tmp_path) -> None:
     port = free_port()
     topic = unique("late-broker")
-    env = forwarder_env(f"127.0.0.1:{port}", topic, legiti.url)
+    env = sandbox_env(f"127.0.0.1:{port}", topic, legiti.url)
 
     def warnings(forwarder: ForwarderProcess) -> list[dict[str, object]]:
         return [
@@ -266,14 +260,14 @@ async def test_unreachable_broker_at_start_waits_then_forwards(legiti, tmp_path)
         assert readiness is not None
         assert readiness[0] == 503
         assert readiness[1]["checks"]["consumer_group"] is False
-        assert "Traceback" not in forwarder.stderr()
+        assert "Traceback" not in forwarder.output()
 
         with SandboxBroker(port=port) as late:
             await create_topic(late.bootstrap, topic, partitions=2)
-            await forwarder.wait_ready(timeout=40)
-            await produce(late.bootstrap, topic, events("late", 50, users=5))
+            await forwarder.wait_ready(within=40)
+            await produce(late.bootstrap, topic, native_series("late", 50, users=5))
             await legiti.wait_for(lambda: len(set(keys(legiti))) == 50, timeout=30)
             forwarder.terminate()
             assert await forwarder.wait(20) == 0
     assert set(keys(legiti)) == {f"late{i}" for i in range(50)}
-    assert "Traceback" not in forwarder.stderr()
+    assert "Traceback" not in forwarder.output()

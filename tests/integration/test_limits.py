@@ -8,11 +8,11 @@ import bisect
 import orjson
 
 from tests.conftest import eventually
+from tests.factories import native
 from tests.integration.kafka_helpers import (
     create_topic,
     header,
     metric,
-    native,
     produce,
     read_all,
     running,

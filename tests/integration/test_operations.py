@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from forwarder import __version__
-from tests.integration.kafka_helpers import create_topic, native, produce, unique
-from tests.integration.process import ForwarderProcess, forwarder_env, sample_key, wait_until
+from forwarder.sandbox.process import ForwarderProcess
+from forwarder.sandbox.samples import sample_key
+from forwarder.sandbox.settings import sandbox_env
+from tests.conftest import wait_until
+from tests.factories import native, native_series
+from tests.integration.kafka_helpers import create_topic, produce, unique
 
 ACTIONS = {0: "login_success", 1: "login_failure", 2: "logout"}
-
-
-def action_event(i: int, user: str) -> bytes:
-    kind = ACTIONS[i % 3]
-    return native(f"e{i}", user, "logout" if kind == "logout" else "login", kind == "login_success")
+"""Event i of `native_series` is of action ACTIONS[i % 3]."""
 
 
 def check_json_lines(text: str) -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def check_json_lines(text: str) -> list[dict[str, Any]]:
 async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) -> None:
     topic = await create_topic(broker.bootstrap, unique("ops"), partitions=2)
     dlq = await create_topic(broker.bootstrap, f"{topic}.dlq")
-    events = [action_event(i, f"user-{i % 5}") for i in range(60)]
+    events = native_series("e", 60, users=5)
     first = [*events[0::2], native("e60", "user-rejected")]  # Legiti answers 400: dead letter
     second = [*events[1::2], b"{not json", events[0]]  # invalid_json, and a copy of e0
     await produce(broker.bootstrap, topic, first, partition=0)
@@ -46,7 +46,7 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
     consumed = len(first) + len(second)
     legiti.faults.reject_user_ids = {"user-rejected"}
     legiti.faults.script.append(503)  # the first request fails once and is retried
-    env = forwarder_env(
+    env = sandbox_env(
         broker.bootstrap,
         topic,
         legiti.url,
@@ -107,9 +107,14 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
 
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"consumer_group": True, "credentials": True, "circuit": True}
+    assert ready.json()["checks"] == {
+        "consumer_group": True,
+        "credentials": True,
+        "circuit": True,
+        "sink_configuration": True,
+    }
 
-    entries = check_json_lines(forwarder.stderr())
+    entries = check_json_lines(forwarder.output())
     # Per-event success is logged at debug only; this forwarder runs at info.
     assert not [e for e in entries if e["event"] == "event forwarded"]
     # A per-event line carries the event's key, topic, partition and offset.
@@ -119,7 +124,7 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
     assert rejected[0]["topic"] == topic
     assert rejected[0]["partition"] == 0
     assert rejected[0]["offset"] == 30
-    assert "Traceback" not in forwarder.stderr()
+    assert "Traceback" not in forwarder.output()
 
 
 def dead(reason: str) -> str:
@@ -142,10 +147,8 @@ async def test_wrong_token_halts_without_dead_letters_and_heals_from_the_file(
     token_file = tmp_path / "token"
     token_file.write_text(wrong + "\n", encoding="utf-8")
     topic = await create_topic(broker.bootstrap, unique("token"), partitions=2)
-    await produce(
-        broker.bootstrap, topic, [action_event(i, f"user-{i % 10}") for i in range(total)]
-    )
-    env = forwarder_env(
+    await produce(broker.bootstrap, topic, native_series("e", total, users=10))
+    env = sandbox_env(
         broker.bootstrap,
         topic,
         legiti.url,
@@ -167,6 +170,7 @@ async def test_wrong_token_halts_without_dead_letters_and_heals_from_the_file(
                     "consumer_group": True,
                     "credentials": False,
                     "circuit": True,
+                    "sink_configuration": True,
                 }
                 and await forwarder.metric("forwarder_in_flight_events") == 0
             )
@@ -195,10 +199,10 @@ async def test_wrong_token_halts_without_dead_letters_and_heals_from_the_file(
         fixed = tmp_path / "token.new"
         fixed.write_text(right + "\n", encoding="utf-8")
         os.replace(fixed, token_file)
-        await forwarder.wait_ready(timeout=20)
+        await forwarder.wait_ready(within=20)
         await legiti.wait_for(lambda: len({r.idempotency_key for r in legiti.accepted}) == total)
         m = await forwarder.metrics()
-        stderr = forwarder.stderr()
+        stderr = forwarder.output()
 
     assert Counter(r.idempotency_key for r in legiti.accepted).keys() == {
         f"e{i}" for i in range(total)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import redis.asyncio
@@ -13,7 +13,7 @@ from forwarder.sandbox.redis import SandboxRedis
 from forwarder.shared.connection import redis_target
 from forwarder.shared.dedupe import Claim, SharedDedupe
 from forwarder.shared.status import SharedStatus
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_until
 from tests.integration.kafka_helpers import unique
 
 
@@ -50,10 +50,10 @@ async def test_a_key_goes_to_one_replica_and_its_delivery_reaches_the_others(
         assert await b.claim(["k1", "k3"]) == {"k1": Claim.BUSY, "k3": Claim.MINE}
         assert await a.claim(["k1"]) == {"k1": Claim.MINE}, "its own claim, asked again"
         a.delivered("k1", time.monotonic())
-        await eventually(async_equals(b, "k1", Claim.DELIVERED), what="the delivered mark")
+        await wait_until(async_equals(b, "k1", Claim.DELIVERED), what="the delivered mark")
         assert await a.claim(["k1"]) == {"k1": Claim.DELIVERED}
         a.release("k2")  # dead-lettered: a later copy anywhere may go
-        await eventually(async_equals(b, "k2", Claim.MINE), what="the release")
+        await wait_until(async_equals(b, "k2", Claim.MINE), what="the release")
         assert a.held == 0
         assert b.held == 2
 
@@ -63,7 +63,7 @@ async def test_another_group_shares_nothing(redis_server) -> None:
     async with started(a, b):
         assert await a.claim(["k"]) == {"k": Claim.MINE}
         a.delivered("k", time.monotonic())
-        await eventually(async_equals(a, "k", Claim.DELIVERED))
+        await wait_until(async_equals(a, "k", Claim.DELIVERED))
         assert await b.claim(["k"]) == {"k": Claim.MINE}
 
 
@@ -75,7 +75,7 @@ async def test_a_dead_claimants_keys_are_free_after_the_claim_ttl(redis_server) 
         assert await dead.claim(["k"]) == {"k": Claim.MINE}
         # kill -9: never releases, never renews (its background task never ran).
         assert await live.claim(["k"]) == {"k": Claim.BUSY}
-        await eventually(async_equals(live, "k", Claim.MINE), what="the dead claim to lapse")
+        await wait_until(async_equals(live, "k", Claim.MINE), what="the dead claim to lapse")
     await dead.aclose()
 
 
@@ -89,7 +89,7 @@ async def test_a_live_claimant_keeps_its_claims_past_their_ttl(redis_server) -> 
         client = redis.asyncio.Redis.from_url(redis_server.url)
         try:
             start = await server_seconds(client)
-            await eventually(
+            await wait_until(
                 lambda: server_seconds_since(client, start, 1.0), what="three claim TTLs"
             )
         finally:
@@ -141,10 +141,10 @@ async def test_redis_lost_and_back(private_redis) -> None:
         store.delivered("during", time.monotonic())
         private_redis.start()  # empty: a restart without persistence
         await eventually(lambda: changes == [True, False, True], what="the return")
-        await eventually(async_equals(other, "during", Claim.DELIVERED), what="the late mark")
+        await wait_until(async_equals(other, "during", Claim.DELIVERED), what="the late mark")
 
 
-def async_equals(store: SharedDedupe, key: str, claim: Claim) -> Callable[[], object]:
+def async_equals(store: SharedDedupe, key: str, claim: Claim) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return await store.claim([key]) == {key: claim}
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from tests.conftest import eventually
-from tests.integration.kafka_helpers import create_topic, native, produce, running, settings, unique
+from tests.factories import native
+from tests.integration.kafka_helpers import create_topic, produce, running, settings, unique
 
 
 async def test_forwards_native_events(broker, legiti) -> None:

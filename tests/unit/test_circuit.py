@@ -72,7 +72,7 @@ def test_halt_many_failures_do_not_overflow() -> None:
     assert halt.next_probe_at == 4999.0 + 60.0
 
 
-def test_probe_now_shortens_only_an_open_halt() -> None:
+def test_probe_now_lets_a_new_probe_go_at_once() -> None:
     halt = Halt(first_pause=30.0, max_pause=60.0)
     halt.probe_now(5.0)  # closed: nothing to do
     assert halt.is_closed
@@ -80,9 +80,11 @@ def test_probe_now_shortens_only_an_open_halt() -> None:
     halt.probe_now(12.0)
     assert halt.delay(12.0) == 0.0
     halt.sent()
-    halt.probe_now(13.0)  # a probe is already out: keep waiting for it
-    assert state(halt) is HaltState.HALF_OPEN
-    assert math.isinf(halt.delay(13.0))
+    assert math.isinf(halt.delay(12.5))
+    # New credentials while a probe is out with the old ones: try them now (issue 14.3b).
+    halt.probe_now(13.0)
+    assert state(halt) is HaltState.OPEN
+    assert halt.delay(13.0) == 0.0
 
 
 # The breaker ---------------------------------------------------------------------------
@@ -93,7 +95,6 @@ def breaker(**options: float) -> CircuitBreaker:
         "failure_ratio": 0.5,
         "min_requests": 4,
         "window": 10.0,
-        "first_pause": 1.0,
         "max_pause": 8.0,
     }
     settings_.update(options)
@@ -101,7 +102,6 @@ def breaker(**options: float) -> CircuitBreaker:
         failure_ratio=settings_["failure_ratio"],
         min_requests=int(settings_["min_requests"]),
         window=settings_["window"],
-        first_pause=settings_["first_pause"],
         max_pause=settings_["max_pause"],
     )
 
@@ -195,7 +195,7 @@ def test_probe_success_closes_and_forgets_old_failures() -> None:
 
 
 def test_probe_failure_reopens_with_a_longer_pause_capped() -> None:
-    circuit = breaker(first_pause=1.0, max_pause=8.0)
+    circuit = breaker(max_pause=8.0)
     for i in range(4):
         circuit.record(float(i), failed=True, probe=False)
     now = circuit.halt.next_probe_at
@@ -243,3 +243,25 @@ def test_breaker_matches_a_sliding_window_model(
             circuit.record(now, failed=False, probe=True)
             assert circuit.halt.is_closed
             seen.clear()
+
+
+def test_answers_that_say_nothing_about_an_outage_count_as_neither() -> None:
+    """429s and refused tokens (failed=None) must not dilute the failure ratio: with
+    them counted as successes, a service shedding load with 429s while failing the
+    rest with 503s would never open the circuit."""
+    circuit = breaker(min_requests=4)
+    for i in range(50):
+        assert not circuit.record(i * 0.01, failed=None, probe=False)
+    for i in range(3):
+        assert not circuit.record(1.0 + i * 0.01, failed=True, probe=False)
+    assert circuit.record(1.1, failed=True, probe=False)  # 4 of 4 counted sends failed
+    assert circuit.halt.state is HaltState.OPEN
+
+
+def test_a_probe_answered_with_a_429_closes_the_circuit() -> None:
+    """The probe asks "does the service answer?"; a 429 says it does."""
+    circuit = breaker(min_requests=1)
+    circuit.record(0.0, failed=True, probe=False)
+    assert circuit.halt.state is HaltState.OPEN
+    assert circuit.record(5.0, failed=None, probe=True)
+    assert circuit.halt.is_closed

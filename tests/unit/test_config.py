@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import trustme
 
-from forwarder.config import ConfigError, load_settings, masked
+from forwarder.config import (
+    SECTIONS,
+    SINK_KINDS,
+    ConfigError,
+    KafkaToolSettings,
+    documented_env_names,
+    load,
+    load_settings,
+    masked,
+)
 from forwarder.kafka.options import consumer_options, producer_options
 from forwarder.limits.rate import Rate
 
@@ -22,20 +31,20 @@ BASE = {
 
 def test_defaults_and_parsing() -> None:
     settings = load_settings(BASE)
-    assert settings.kafka_topics == ["auth-events", "auth-events-eu"]
-    assert settings.kafka_group_id == "legiti-forwarder"
-    assert settings.kafka_auto_offset_reset == "earliest"
-    assert settings.dead_letter_topic == "auth-events.dlq"
-    assert settings.legiti_base_url == "https://api.example.com"
-    assert settings.max_in_flight == 64
-    assert settings.dedupe_ttl_seconds == 3600
-    assert settings.dedupe_max_entries == 1_000_000
-    assert settings.retry_max_elapsed_seconds == 900
-    assert settings.http_timeout_seconds == 10
-    assert settings.shutdown_timeout_seconds == 20
-    assert settings.metrics_port == 9102
-    assert settings.log_format == "json"
-    assert settings.rate_limit is None
+    assert settings.kafka.topics == ["auth-events", "auth-events-eu"]
+    assert settings.kafka.group_id == "legiti-forwarder"
+    assert settings.kafka.auto_offset_reset == "earliest"
+    assert settings.kafka.dead_letter_topic == "auth-events.dlq"
+    assert settings.sink.base_url == "https://api.example.com"
+    assert settings.sink.max_in_flight == 64
+    assert settings.dedupe.ttl_seconds == 3600
+    assert settings.dedupe.max_entries == 1_000_000
+    assert settings.retry.max_elapsed_seconds == 900
+    assert settings.sink.http_timeout_seconds == 10
+    assert settings.ops.shutdown_timeout_seconds == 20
+    assert settings.ops.metrics_port == 9102
+    assert settings.ops.log_format == "json"
+    assert settings.limits.rate_limit is None
 
 
 def test_precedence_environment_then_file_then_flags(tmp_path: Path) -> None:
@@ -48,11 +57,11 @@ def test_precedence_environment_then_file_then_flags(tmp_path: Path) -> None:
         "FORWARDER_CONFIG_FILE": str(config),
     }
     settings = load_settings(env, {"log_level": "warning"})
-    assert settings.http_timeout_seconds == 3
-    assert settings.max_in_flight == 8
-    assert settings.rate_limit == Rate(30, 60.0)
-    assert settings.log_level == "WARNING"
-    assert load_settings(env, {"max_in_flight": "4"}).max_in_flight == 4
+    assert settings.sink.http_timeout_seconds == 3
+    assert settings.sink.max_in_flight == 8
+    assert settings.limits.rate_limit == Rate(30, 60.0)
+    assert settings.ops.log_level == "WARNING"
+    assert load_settings(env, {"max_in_flight": "4"}).sink.max_in_flight == 4
 
 
 def test_every_bad_key_is_named_once() -> None:
@@ -83,7 +92,7 @@ def test_flag_errors_name_the_flag_and_file_errors_the_file(tmp_path: Path) -> N
 def test_unknown_environment_variables_are_ignored() -> None:
     """Kubernetes injects FORWARDER_PORT=tcp://… for a Service named forwarder."""
     settings = load_settings({**BASE, "FORWARDER_PORT": "tcp://10.0.0.1:9102"})
-    assert settings.metrics_port == 9102
+    assert settings.ops.metrics_port == 9102
 
 
 def test_exactly_one_token_source() -> None:
@@ -99,7 +108,7 @@ def test_secrets_never_show_in_errors_or_masked_output() -> None:
     shown = str(masked(settings))
     assert "s3cret-token" not in shown
     assert "kafka-pw" not in shown
-    assert masked(settings)["legiti_api_token"] == "********"
+    assert masked(settings)["sink"]["legiti_api_token"] == "********"
     with pytest.raises(ConfigError) as caught:
         load_settings({**BASE, "FORWARDER_LEGITI_API_TOKEN": "", "FORWARDER_MAX_IN_FLIGHT": "x"})
     assert "s3cret" not in str(caught.value)
@@ -115,7 +124,7 @@ def test_sasl_scram_options() -> None:
             "FORWARDER_KAFKA_SASL_PASSWORD": "pw",
         }
     )
-    options = consumer_options(settings)
+    options = consumer_options(settings.kafka)
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_username"] == "forwarder"
@@ -123,7 +132,7 @@ def test_sasl_scram_options() -> None:
     assert isinstance(options["ssl_context"], ssl.SSLContext)
     assert options["enable_auto_commit"] is False
     assert options["group_id"] == "legiti-forwarder"
-    assert producer_options(settings)["acks"] == "all"
+    assert producer_options(settings.kafka)["acks"] == "all"
 
 
 def test_sasl_needs_a_user_name() -> None:
@@ -143,7 +152,7 @@ def test_sasl_password_from_a_file(tmp_path: Path) -> None:
             "FORWARDER_KAFKA_SASL_PASSWORD_FILE": str(secret),
         }
     )
-    options = consumer_options(settings)
+    options = consumer_options(settings.kafka)
     assert options["sasl_plain_password"] == "from-file"
     assert "ssl_context" not in options
 
@@ -165,8 +174,38 @@ def test_mutual_tls_loads_the_ca_and_client_certificate(tmp_path: Path) -> None:
             "FORWARDER_KAFKA_SSL_KEYFILE": str(key_file),
         }
     )
-    context = consumer_options(settings)["ssl_context"]
+    context = consumer_options(settings.kafka)["ssl_context"]
     assert context.check_hostname is True
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert len(context.get_ca_certs()) == 1
-    assert "sasl_mechanism" not in consumer_options(settings)
+    assert "sasl_mechanism" not in consumer_options(settings.kafka)
+
+
+def test_a_kafka_only_command_needs_no_sink_settings() -> None:
+    kafka_only = {
+        key: value for key, value in BASE.items() if not key.startswith("FORWARDER_LEGITI_")
+    }
+    settings = load(KafkaToolSettings, {**kafka_only, "FORWARDER_MAX_IN_FLIGHT": "nonsense"})
+    assert settings.kafka.topics == ["auth-events", "auth-events-eu"]
+    assert settings.kafka.dead_letter_topic == "auth-events.dlq"
+    with pytest.raises(ConfigError, match="FORWARDER_LEGITI_BASE_URL: required"):
+        load_settings(kafka_only)
+
+
+def test_an_unknown_sink_is_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**BASE, "FORWARDER_SINK": "carrier-pigeon"})
+    assert caught.value.problems == ("FORWARDER_SINK: one of legiti (got 'carrier-pigeon')",)
+
+
+def test_every_public_name_is_one_field_of_one_section() -> None:
+    names = [
+        field.alias for section in SECTIONS.values() for field in section.model_fields.values()
+    ]
+    names += [
+        field.alias
+        for kind in SINK_KINDS.values()
+        for field in kind.model_fields.values()
+        if field.alias not in names
+    ]
+    assert len(names) == len(set(names)) == len(documented_env_names())

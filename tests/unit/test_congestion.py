@@ -26,13 +26,13 @@ def test_first_429_estimates_the_peak_from_accepted_and_in_flight() -> None:
     for i in range(200):  # 200 accepted over the first 2 s
         adaptive.on_accepted(i * 0.01)
     # In (1.0, 2.0]: the acceptance at exactly 1.00 is out, 99 remain; 21 more in flight.
-    assert adaptive.on_throttled(2.0, sent_at=1.99, in_flight=21)
+    adaptive.on_throttled(2.0, sent_at=1.99, in_flight=21)
     assert adaptive.ceiling(2.0) == pytest.approx(120 * 0.8)
 
 
 def test_first_429_with_nothing_known_falls_to_the_floor() -> None:
     adaptive = AdaptiveRate(floor=2.0)
-    assert adaptive.on_throttled(5.0, sent_at=4.9, in_flight=0)
+    adaptive.on_throttled(5.0, sent_at=4.9, in_flight=0)
     assert adaptive.ceiling(5.0) == 2.0
 
 
@@ -42,12 +42,13 @@ def test_only_one_cut_per_episode() -> None:
     after_first = adaptive.ceiling(1.0)
     assert after_first == pytest.approx(50)
     for i in range(50):  # late news: 429s for sends made before the cut
-        assert not adaptive.on_throttled(1.0 + i * 0.001, sent_at=0.99, in_flight=10)
+        adaptive.on_throttled(1.0 + i * 0.001, sent_at=0.99, in_flight=10)
+        assert adaptive.ceiling(1.0) == after_first
     assert adaptive.ceiling(1.0) == after_first
     # A 429 for a send made after the cut is a new episode: the current rate is the new peak.
     current = adaptive.ceiling(1.2)
     assert current is not None
-    assert adaptive.on_throttled(1.2, sent_at=1.1, in_flight=10)
+    adaptive.on_throttled(1.2, sent_at=1.1, in_flight=10)
     assert adaptive.ceiling(1.2) == pytest.approx(current * 0.5)
 
 

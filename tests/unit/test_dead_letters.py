@@ -16,6 +16,7 @@ from forwarder.core.dead_letters import (
     dead_letter_headers,
 )
 from forwarder.core.events import SourceRecord
+from tests import factories
 
 REQUIRED = (
     "x-forwarder-error-reason",
@@ -28,12 +29,12 @@ REQUIRED = (
 
 
 def record(headers: tuple[tuple[str, bytes], ...] = ()) -> SourceRecord:
-    return SourceRecord(
+    return factories.record(
+        b'{"event_id": "e"}',
         topic="auth-events",
         partition=3,
         offset=123456789012,
         key=b"user-1",
-        value=b'{"event_id": "e"}',
         headers=headers,
         timestamp_ms=1_700_000_000_000,
     )

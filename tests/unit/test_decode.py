@@ -13,23 +13,10 @@ from hypothesis import strategies as st
 from forwarder.core.dead_letters import EMPTY_VALUE, INVALID_EVENT, INVALID_JSON
 from forwarder.core.decode import MAX_USER_ID_LENGTH, CloudEventTypes, cloudevent_key, decode
 from forwarder.core.events import ActionType, AuthEvent, Invalid
+from tests.factories import DROP, native_document, structured_cloudevent
 
 TYPES = CloudEventTypes()
 REASONS = {EMPTY_VALUE, INVALID_EVENT, INVALID_JSON}
-
-
-def native(**fields: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "event_id": "7f3c2a9e-0001",
-        "type": "login",
-        "success": True,
-        "user_id": "u-123",
-    }
-    document.update(fields)
-    return {name: value for name, value in document.items() if value is not _DROP}
-
-
-_DROP = object()
 
 
 def run(document: Any, headers: tuple[tuple[str, bytes], ...] = ()) -> AuthEvent | Invalid:
@@ -52,12 +39,12 @@ def rejected(result: AuthEvent | Invalid, reason: str, *words: str) -> None:
     [
         ({"type": "login", "success": True}, ActionType.LOGIN_SUCCESS),
         ({"type": "login", "success": False}, ActionType.LOGIN_FAILURE),
-        ({"type": "logout", "success": _DROP}, ActionType.LOGOUT),
+        ({"type": "logout", "success": DROP}, ActionType.LOGOUT),
         ({"type": "logout", "success": "whatever"}, ActionType.LOGOUT),
     ],
 )
 def test_native_actions(fields: dict[str, Any], action: ActionType) -> None:
-    assert run(native(**fields)) == AuthEvent("7f3c2a9e-0001", "u-123", action)
+    assert run(native_document(**fields)) == AuthEvent("7f3c2a9e-0001", "u-123", action)
 
 
 def test_native_example_from_the_issue() -> None:
@@ -72,7 +59,7 @@ def test_native_example_from_the_issue() -> None:
     ("user_id", "sent"), [(42, "42"), (0, "0"), (-7, "-7"), (2**63, str(2**63))]
 )
 def test_integer_user_id_becomes_its_decimal_string(user_id: int, sent: str) -> None:
-    result = run(native(user_id=user_id))
+    result = run(native_document(user_id=user_id))
     assert isinstance(result, AuthEvent)
     assert result.user_id == sent
 
@@ -82,7 +69,7 @@ def test_integer_user_id_becomes_its_decimal_string(user_id: int, sent: str) -> 
     ["ユーザー-1", "Ünïcödé", "emoji-🙂", " padded ", "a" * MAX_USER_ID_LENGTH, "🙂" * 256, "x"],
 )
 def test_user_id_is_kept_exactly(user_id: str) -> None:
-    result = run(native(user_id=user_id))
+    result = run(native_document(user_id=user_id))
     assert isinstance(result, AuthEvent)
     assert result.user_id == user_id
 
@@ -99,7 +86,7 @@ def test_user_id_is_kept_exactly(user_id: str) -> None:
     ],
 )
 def test_valid_occurred_at_is_accepted(occurred_at: str | None) -> None:
-    assert isinstance(run(native(occurred_at=occurred_at)), AuthEvent)
+    assert isinstance(run(native_document(occurred_at=occurred_at)), AuthEvent)
 
 
 @pytest.mark.parametrize(
@@ -116,30 +103,32 @@ def test_valid_occurred_at_is_accepted(occurred_at: str | None) -> None:
     ],
 )
 def test_invalid_occurred_at_is_rejected(occurred_at: object) -> None:
-    rejected(run(native(occurred_at=occurred_at)), INVALID_EVENT, "occurred_at")
+    rejected(run(native_document(occurred_at=occurred_at)), INVALID_EVENT, "occurred_at")
 
 
 def test_unknown_fields_are_ignored() -> None:
-    document = native(extra={"nested": [1, 2]}, ip="203.0.113.7", whatever=None, success=True)
+    document = native_document(
+        extra={"nested": [1, 2]}, ip="203.0.113.7", whatever=None, success=True
+    )
     assert run(document) == AuthEvent("7f3c2a9e-0001", "u-123", ActionType.LOGIN_SUCCESS)
 
 
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"event_id": _DROP}, ["event_id"]),
+        ({"event_id": DROP}, ["event_id"]),
         ({"event_id": ""}, ["event_id"]),
         ({"event_id": None}, ["event_id"]),
         ({"event_id": 17}, ["event_id"]),
-        ({"type": _DROP}, ["type"]),
+        ({"type": DROP}, ["type"]),
         ({"type": "signup"}, ["type", "signup"]),
         ({"type": "LOGIN"}, ["type"]),
         ({"type": ["login"]}, ["type"]),
-        ({"type": "login", "success": _DROP}, ["success"]),
+        ({"type": "login", "success": DROP}, ["success"]),
         ({"type": "login", "success": "true"}, ["success"]),
         ({"type": "login", "success": 1}, ["success"]),
         ({"type": "login", "success": None}, ["success"]),
-        ({"user_id": _DROP}, ["user_id"]),
+        ({"user_id": DROP}, ["user_id"]),
         ({"user_id": ""}, ["user_id"]),
         ({"user_id": None}, ["user_id"]),
         ({"user_id": True}, ["user_id"]),
@@ -152,10 +141,10 @@ def test_unknown_fields_are_ignored() -> None:
     ],
 )
 def test_native_invalid_events(fields: dict[str, Any], words: list[str]) -> None:
-    rejected(run(native(**fields)), INVALID_EVENT, *words)
+    rejected(run(native_document(**fields)), INVALID_EVENT, *words)
 
 
-@pytest.mark.parametrize("document", [[], [native()], "login", 42, None, True])
+@pytest.mark.parametrize("document", [[], [native_document()], "login", 42, None, True])
 def test_json_that_is_not_an_object_is_an_invalid_event(document: Any) -> None:
     rejected(run(document), INVALID_EVENT, "object")
 
@@ -182,29 +171,17 @@ def test_empty_values(value: bytes | None) -> None:
 
 
 def test_whitespace_around_json_is_fine() -> None:
-    assert isinstance(decode(b"\n  " + orjson.dumps(native()) + b"  \n", (), TYPES), AuthEvent)
+    assert isinstance(
+        decode(b"\n  " + orjson.dumps(native_document()) + b"  \n", (), TYPES), AuthEvent
+    )
 
 
 def test_unrelated_headers_do_not_change_the_shape() -> None:
     headers = (("traceparent", b"00-abc"), ("content-type", b"application/json"))
-    assert isinstance(run(native(), headers), AuthEvent)
+    assert isinstance(run(native_document(), headers), AuthEvent)
 
 
 # CloudEvents, structured mode ------------------------------------------------------------
-
-
-def structured(**fields: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": "evt-9",
-        "source": "//auth.example.com/eu",
-        "type": "com.example.auth.login.failed",
-        "time": "2026-11-20T12:00:00Z",
-        "datacontenttype": "application/json",
-        "data": {"user_id": "u-9", "ip": "203.0.113.7"},
-    }
-    document.update(fields)
-    return {name: value for name, value in document.items() if value is not _DROP}
 
 
 @pytest.mark.parametrize(
@@ -218,7 +195,7 @@ def structured(**fields: Any) -> dict[str, Any]:
     ],
 )
 def test_structured_cloudevent(ce_type: str, action: ActionType) -> None:
-    result = run(structured(type=ce_type))
+    result = run(structured_cloudevent(type=ce_type))
     assert isinstance(result, AuthEvent)
     assert result.action is action
     assert result.user_id == "u-9"
@@ -228,15 +205,15 @@ def test_structured_cloudevent(ce_type: str, action: ActionType) -> None:
 
 
 def test_structured_key_distinguishes_sources_with_the_same_id() -> None:
-    first = run(structured(source="a"))
-    second = run(structured(source="b"))
+    first = run(structured_cloudevent(source="a"))
+    second = run(structured_cloudevent(source="b"))
     assert isinstance(first, AuthEvent)
     assert isinstance(second, AuthEvent)
     assert first.key != second.key
 
 
 def test_structured_integer_user_id_and_no_time() -> None:
-    result = run(structured(time=_DROP, data={"user_id": 77}))
+    result = run(structured_cloudevent(time=DROP, data={"user_id": 77}))
     assert isinstance(result, AuthEvent)
     assert result.user_id == "77"
 
@@ -245,18 +222,18 @@ def test_structured_integer_user_id_and_no_time() -> None:
     ("fields", "words"),
     [
         ({"type": "com.example.auth.password.changed"}, ["password.changed"]),
-        ({"type": _DROP}, ["type"]),
+        ({"type": DROP}, ["type"]),
         ({"type": ""}, ["type"]),
-        ({"id": _DROP}, ["id"]),
+        ({"id": DROP}, ["id"]),
         ({"id": ""}, ["id"]),
         ({"id": 5}, ["id"]),
-        ({"source": _DROP}, ["source"]),
+        ({"source": DROP}, ["source"]),
         ({"source": ""}, ["source"]),
         ({"specversion": "0.3"}, ["specversion", "0.3"]),
         ({"specversion": "2.0"}, ["specversion"]),
         ({"specversion": 1.0}, ["specversion"]),
         ({"specversion": None}, ["specversion"]),
-        ({"data": _DROP}, ["data"]),
+        ({"data": DROP}, ["data"]),
         ({"data": None}, ["data"]),
         ({"data": "u-9"}, ["data"]),
         ({"data": ["u-9"]}, ["data"]),
@@ -268,7 +245,7 @@ def test_structured_integer_user_id_and_no_time() -> None:
     ],
 )
 def test_structured_invalid(fields: dict[str, Any], words: list[str]) -> None:
-    rejected(run(structured(**fields)), INVALID_EVENT, *words)
+    rejected(run(structured_cloudevent(**fields)), INVALID_EVENT, *words)
 
 
 # CloudEvents, binary mode ------------------------------------------------------------
@@ -297,7 +274,9 @@ def test_binary_cloudevent() -> None:
 
 def test_binary_cloudevent_takes_precedence_over_the_value_shape() -> None:
     """With ce_ headers the value is `data`, even if it looks like a native event."""
-    result = decode(orjson.dumps(native(user_id="from-data")), ce_headers(type=b"x.logout"), TYPES)
+    result = decode(
+        orjson.dumps(native_document(user_id="from-data")), ce_headers(type=b"x.logout"), TYPES
+    )
     assert isinstance(result, AuthEvent)
     assert result.action is ActionType.LOGOUT
     assert result.user_id == "from-data"
@@ -347,19 +326,22 @@ def test_custom_suffixes() -> None:
         "acme.bye": ActionType.LOGOUT,
     }
     for ce_type, action in expected.items():
-        result = decode(orjson.dumps(structured(type=ce_type)), (), types)
+        result = decode(orjson.dumps(structured_cloudevent(type=ce_type)), (), types)
         assert isinstance(result, AuthEvent)
         assert result.action is action
         binary = decode(b'{"user_id": "u"}', ce_headers(type=ce_type.encode()), types)
         assert isinstance(binary, AuthEvent)
         assert binary.action is action
     # The default suffixes no longer match.
-    rejected(decode(orjson.dumps(structured(type="x.login.succeeded")), (), types), INVALID_EVENT)
+    rejected(
+        decode(orjson.dumps(structured_cloudevent(type="x.login.succeeded")), (), types),
+        INVALID_EVENT,
+    )
 
 
 def test_suffix_must_be_at_the_end() -> None:
-    rejected(run(structured(type="com.example.logout.requested")), INVALID_EVENT)
-    rejected(run(structured(type="login.succeeded.v2")), INVALID_EVENT)
+    rejected(run(structured_cloudevent(type="com.example.logout.requested")), INVALID_EVENT)
+    rejected(run(structured_cloudevent(type="login.succeeded.v2")), INVALID_EVENT)
 
 
 # Decode never raises -------------------------------------------------------------------
@@ -449,5 +431,5 @@ def test_cloudevent_key_is_injective(first: tuple[str, str], second: tuple[str, 
 
 
 def test_keys_longer_than_a_header_can_carry_are_invalid() -> None:
-    rejected(run(native(event_id="x" * 1025)), INVALID_EVENT, "longer than 1024")
-    assert isinstance(run(native(event_id="x" * 1024)), AuthEvent)
+    rejected(run(native_document(event_id="x" * 1025)), INVALID_EVENT, "longer than 1024")
+    assert isinstance(run(native_document(event_id="x" * 1024)), AuthEvent)

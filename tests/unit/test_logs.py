@@ -12,14 +12,12 @@ import pytest
 import structlog
 
 from forwarder.ops import logs
-from forwarder.ops.logs import Throttle, event_fields, register_secret, scrub_secrets
+from forwarder.ops.logs import RepeatSuppressor, event_fields, register_secret, scrub_secrets
 
 SECRET = "s3cr3t-t0ken-value"
-
-
-@pytest.fixture(autouse=True)
-def fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "_secrets", set())
+"""Registered secrets stay registered for the life of the process, as in the daemon, so
+every test here holds whatever else has been registered: a test expects a string to be
+scrubbed only if it registered it, and kept only if nothing registers it."""
 
 
 def scrub(**event: Any) -> dict[str, Any]:
@@ -145,7 +143,7 @@ def test_rendered_json_line_carries_no_secret(configure: Callable[[str], io.Stri
 
 
 def test_throttle_lets_one_through_per_period_and_counts_the_rest() -> None:
-    throttle = Throttle(period=10.0)
+    throttle = RepeatSuppressor(period=10.0)
     assert throttle.allow("retry", 0.0) == 0
     assert throttle.allow("retry", 1.0) is None
     assert throttle.allow("retry", 9.9) is None
@@ -157,7 +155,7 @@ def test_throttle_lets_one_through_per_period_and_counts_the_rest() -> None:
 
 
 def test_throttle_period_runs_from_the_last_line_let_through() -> None:
-    throttle = Throttle(period=60.0)
+    throttle = RepeatSuppressor(period=60.0)
     results = [throttle.allow("auth", float(t)) for t in range(0, 181, 15)]
     assert results == [0, None, None, None, 3, None, None, None, 3, None, None, None, 3]
 

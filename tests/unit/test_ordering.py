@@ -16,10 +16,10 @@ from forwarder.core.events import (
     TRACK_LOGOUT,
     ActionType,
     AuthEvent,
-    SourceRecord,
 )
 from forwarder.core.offsets import PartitionOffsets
 from forwarder.core.scheduler import Job, Scheduler
+from tests.factories import record
 
 _offsets = itertools.count()
 
@@ -33,16 +33,13 @@ def job(
     action: ActionType = ActionType.LOGIN_SUCCESS,
     offset: int | None = None,
 ) -> Job:
-    record = SourceRecord(
+    consumed = record(
         topic=topic,
         partition=partition,
         offset=next(_offsets) if offset is None else offset,
         key=user.encode(),
-        value=b"{}",
-        headers=(),
-        timestamp_ms=0,
     )
-    return Job(record=record, event=AuthEvent(key, user, action), offsets=PartitionOffsets())
+    return Job(record=consumed, event=AuthEvent(key, user, action), offsets=PartitionOffsets())
 
 
 def scheduler(ttl: float = 3600.0, max_entries: int = 1000) -> Scheduler:
@@ -219,7 +216,6 @@ def test_retried_head_keeps_blocking_its_lane() -> None:
     take(sched)
     sched.retry_at(first, 10.0)
     assert not first.in_flight
-    assert first.ready_at == 10.0
     assert sched.next_due(TRACK_LOGIN) == 10.0
     assert sched.peek(TRACK_LOGIN, 5.0) is None  # not due, and alice's next waits
     sched.admit(other, 5.0)
@@ -267,9 +263,7 @@ def test_cancel_drops_jobs_of_revoked_partitions() -> None:
     queued = [job(f"k{i}", "alice", partition=0) for i in range(3)]
     for each in (*queued, kept):
         sched.admit(each, 0.0)
-    cancelled, duplicates = sched.cancel([("auth", 0), ("other", 7)], 0.0)
-    assert set(map(id, cancelled)) == set(map(id, queued))
-    assert duplicates == []
+    assert sched.cancel([("auth", 0), ("other", 7)], 0.0) == []
     assert all(each.cancelled for each in queued)
     assert not kept.cancelled
     assert take(sched) is kept
@@ -307,9 +301,9 @@ def test_cancelled_in_flight_job_keeps_its_claim_until_complete() -> None:
     sched.admit(holder, 0.0)
     take(sched)
     sched.admit(copy, 0.0)
-    cancelled, _ = sched.cancel([("auth", 0)], 1.0)
-    assert cancelled == [holder]
+    assert sched.cancel([("auth", 0)], 1.0) == []
     assert holder.cancelled
+    assert not copy.cancelled
     assert sched.peek(TRACK_LOGIN, 1.0) is None  # still never two copies at once
     assert sched.complete(holder, delivered=False, now=2.0) == []
     assert take(sched, 2.0) is copy
@@ -339,9 +333,9 @@ def test_cancel_settles_parked_copies_as_duplicates_when_already_delivered() -> 
     sched.admit(holder, 1.0)
     sched.admit(copy, 1.0)
     sched.delivered.add("x", 1.5)  # delivered elsewhere meanwhile (say, before a restart)
-    cancelled, duplicates = sched.cancel([("auth", 0)], 2.0)
-    assert cancelled == [holder]
-    assert duplicates == [copy]
+    assert sched.cancel([("auth", 0)], 2.0) == [copy]
+    assert holder.cancelled
+    assert not copy.cancelled
 
 
 def test_retrying_a_cancelled_in_flight_job_releases_its_claim() -> None:
@@ -405,6 +399,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.admitted: list[Job] = []
         self.in_flight: list[Job] = []
         self.retrying: list[Job] = []
+        self.due: dict[int, float] = {}  # when each retrying job becomes due
         self.finished: set[int] = set()
         self.taken: set[int] = set()
         self.delivered_keys: set[str] = set()
@@ -444,7 +439,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert taken.event.key not in self.claimed_keys(taken), "two copies out at once"
         self.check_predecessors_finished(taken)
         if taken in self.retrying:
-            assert taken.ready_at <= self.now
+            assert self.due.pop(id(taken)) <= self.now
             self.retrying.remove(taken)
         else:
             assert id(taken) not in self.taken
@@ -473,7 +468,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def admit(self, partition: tuple[str, int], user: str, key: str, logout: bool) -> None:
         action = ActionType.LOGOUT if logout else ActionType.LOGIN_FAILURE
         new = job(key, user, topic=partition[0], partition=partition[1], action=action)
-        new.record = SourceRecord(*partition, next(self.offset), None, b"{}", (), 0)
+        new.record = record(topic=partition[0], partition=partition[1], offset=next(self.offset))
         self.admitted.append(new)
         self.settle(self.sched.admit(new, self.now))
 
@@ -498,6 +493,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             assert duplicates == []
             self.retrying.append(chosen)
+            self.due[id(chosen)] = self.now + delay
 
     @rule(seconds=st.sampled_from([0.1, 1.0, 5.0]))
     def tick(self, seconds: float) -> None:
@@ -508,13 +504,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         expected = {
             id(j)
             for j in self.admitted
-            if j.partition == partition
+            if (j.record.topic, j.record.partition) == partition
             and id(j) not in self.finished
             and id(j) not in self.cancelled_ids
         }
-        cancelled, duplicates = self.sched.cancel([partition], self.now)
-        assert {id(j) for j in cancelled} == expected
-        assert all(j.cancelled for j in cancelled)
+        duplicates = self.sched.cancel([partition], self.now)
+        newly_cancelled = {
+            id(j) for j in self.admitted if j.cancelled and id(j) not in self.cancelled_ids
+        }
+        assert newly_cancelled == expected
         self.cancelled_ids |= expected
         self.retrying = [j for j in self.retrying if not j.cancelled]
         self.settle(duplicates)

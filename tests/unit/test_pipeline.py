@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
-import orjson
-import pytest
-
+from forwarder.config import RetrySettings
 from forwarder.core.events import AuthEvent, SourceRecord
 from forwarder.core.policy import parse_policy
-from forwarder.core.scheduler import Job
-from forwarder.engine.pipeline import Pipeline, PipelineOptions
-from forwarder.engine.pipeline import Sender as SenderProtocol
+from forwarder.engine.build import build_pipeline
+from forwarder.engine.pipeline import Pipeline
 from forwarder.ops.metrics import Metrics
-from forwarder.sinks.outcome import Delivered, Outcome, Rejected, Unauthorized
+from forwarder.sinks.base import Sink
+from forwarder.sinks.outcome import (
+    Delivered,
+    Denied,
+    Misconfigured,
+    Outcome,
+    Rejected,
+    Unauthorized,
+)
+from tests import factories
 from tests.conftest import eventually
 
 
@@ -24,9 +31,15 @@ class Sender:
         self.sent: list[tuple[float, AuthEvent]] = []
         self.answer: Outcome = Delivered("201")
 
+    async def open(self) -> None:
+        pass
+
     async def send(self, event: AuthEvent) -> Outcome:
         self.sent.append((time.monotonic(), event))
         return self.answer
+
+    async def aclose(self) -> None:
+        pass
 
 
 class DeadLetters:
@@ -38,24 +51,23 @@ class DeadLetters:
 
 
 def record(offset: int, kind: str = "login", user: str | None = None) -> SourceRecord:
-    event = {"event_id": f"e{offset}", "type": kind, "user_id": user or f"u{offset}"}
-    if kind == "login":
-        event["success"] = True
-    return SourceRecord("t", 0, offset, None, orjson.dumps(event), (), 0)
+    return factories.record(
+        factories.native(f"e{offset}", user or f"u{offset}", kind), topic="t", offset=offset
+    )
 
 
 def running(
-    options: PipelineOptions,
-    sender: SenderProtocol,
+    sender: Sink,
     dead: DeadLetters | None = None,
     metrics: Metrics | None = None,
+    **options: Any,
 ) -> Pipeline:
-    """A started pipeline; tests that change it before it starts build their own."""
-    pipeline = Pipeline(
-        options,
+    """A started pipeline; `options` are `build_pipeline`'s (sections, bounds, policy)."""
+    pipeline = build_pipeline(
         sender,
         DeadLetters() if dead is None else dead,
         Metrics() if metrics is None else metrics,
+        **options,
     )
     pipeline.start()
     return pipeline
@@ -67,7 +79,7 @@ async def test_limits_naming_one_counter_share_its_allowance() -> None:
         {"tools": {"track_login": {"limits": [limit]}, "track_logout": {"limits": [limit]}}}
     )
     sender = Sender()
-    pipeline = running(PipelineOptions(policy=policy), sender)
+    pipeline = running(sender, policy=policy)
     for offset in range(6):
         pipeline.submit(record(offset, "login" if offset % 2 else "logout"))
     await eventually(lambda: len(sender.sent) == 3)
@@ -83,19 +95,20 @@ async def test_rejected_credentials_halt_everything_and_a_new_token_resumes() ->
     sender.answer = Unauthorized("401", "legiti answered 401")
     dead = DeadLetters()
     metrics = Metrics()
-    pipeline = running(PipelineOptions(), sender, dead, metrics)
+    pipeline = running(sender, dead, metrics)
     for offset in range(20):
         pipeline.submit(record(offset))
-    await eventually(lambda: not pipeline.authorized)
+    await eventually(lambda: not pipeline.gate.authorized)
     sent_while_open = len(sender.sent)
     assert metrics.registry.get_sample_value("forwarder_credentials_valid") == 0
     sender.answer = Delivered("201")
-    pipeline.credentials_changed()
+    pipeline.gate.credentials_changed(time.monotonic())
+    pipeline.wake()
     await eventually(lambda: pipeline.committable() == {("t", 0): 20})
-    assert pipeline.authorized
+    assert pipeline.gate.authorized
     assert dead.written == []
     # Only the sends already under way when the first 401 came back, then single probes.
-    assert sent_while_open <= PipelineOptions().max_in_flight
+    assert sent_while_open <= 64  # max_in_flight
     assert {event.key for _, event in sender.sent} >= {f"e{i}" for i in range(20)}
     assert await pipeline.drain(1.0)
 
@@ -119,7 +132,7 @@ class HeldSender:
 
 async def test_sends_never_exceed_max_in_flight_and_every_one_finishes() -> None:
     sender = HeldSender()
-    pipeline = running(PipelineOptions(max_in_flight=3), sender)
+    pipeline = running(sender, max_in_flight=3)
     for offset in range(10):
         pipeline.submit(record(offset))
     await eventually(lambda: len(sender.sent) == 3)
@@ -134,7 +147,7 @@ async def test_sends_never_exceed_max_in_flight_and_every_one_finishes() -> None
 
 async def test_drain_cancels_sends_that_outlast_the_grace_and_commits_none_of_them() -> None:
     sender = HeldSender()
-    pipeline = running(PipelineOptions(max_in_flight=2), sender)
+    pipeline = running(sender, max_in_flight=2)
     for offset in range(5):
         pipeline.submit(record(offset))
     await eventually(lambda: len(sender.sent) == 2)
@@ -145,21 +158,23 @@ async def test_drain_cancels_sends_that_outlast_the_grace_and_commits_none_of_th
     assert all(task.done() for task in others), others
 
 
-async def test_a_bug_after_an_answer_takes_no_sending_capacity_away(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    sender = Sender()
-    pipeline = Pipeline(PipelineOptions(max_in_flight=2), sender, DeadLetters(), Metrics())
-    delivered = pipeline._delivered
-    crashes = iter([True, True])  # as many as there are senders
+class BuggySender(Sender):
+    """Its first answers are not outcomes at all: a bug in a sink."""
 
-    def buggy(job: Job, now: float) -> None:
-        if next(crashes, False):
-            raise RuntimeError("a bug in the bookkeeping")
-        delivered(job, now)
+    def __init__(self, bugs: int) -> None:
+        super().__init__()
+        self.bugs = bugs
 
-    monkeypatch.setattr(pipeline, "_delivered", buggy)
-    pipeline.start()
+    async def send(self, event: AuthEvent) -> Outcome:
+        answer = await super().send(event)
+        if len(self.sent) <= self.bugs:
+            return cast(Outcome, object())
+        return answer
+
+
+async def test_a_bug_after_an_answer_takes_no_sending_capacity_away() -> None:
+    sender = BuggySender(bugs=2)  # as many as there are senders
+    pipeline = running(sender, max_in_flight=2)
     for offset in range(6):
         pipeline.submit(record(offset))
     await eventually(lambda: len(sender.sent) == 6)
@@ -168,9 +183,10 @@ async def test_a_bug_after_an_answer_takes_no_sending_capacity_away(
 
 async def test_a_sender_cancelled_while_idle_costs_no_event() -> None:
     sender = Sender()
-    pipeline = running(PipelineOptions(max_in_flight=2), sender)
+    pipeline = running(sender, max_in_flight=2)
     await asyncio.sleep(0)  # the senders reach their first wait
-    pipeline._senders[-1].cancel()  # e.g. shutdown code cancelling every task
+    senders = [task for task in asyncio.all_tasks() if task.get_name().startswith("sender-")]
+    senders[-1].cancel()  # e.g. shutdown code cancelling every task
     await asyncio.sleep(0)
     for offset in range(5):
         pipeline.submit(record(offset))
@@ -192,7 +208,7 @@ class CancellingClient(Sender):
 
 async def test_a_cancellation_from_inside_the_client_is_retried_not_lost() -> None:
     sender = CancellingClient()
-    pipeline = running(PipelineOptions(max_in_flight=1, retry_initial_backoff=0.01), sender)
+    pipeline = running(sender, max_in_flight=1, retry=RetrySettings(initial_backoff_seconds=0.01))
     pipeline.submit(record(0))
     pipeline.submit(record(1))
     await eventually(lambda: pipeline.committable() == {("t", 0): 2})
@@ -212,7 +228,7 @@ class SlowDeadLetters(DeadLetters):
 async def test_drain_waits_for_the_dead_letter_an_answer_during_the_drain_starts() -> None:
     sender = HeldSender(Rejected("400", "legiti answered 400", b'{"error_message": "bad"}', 400))
     dead = SlowDeadLetters()
-    pipeline = running(PipelineOptions(), sender, dead)
+    pipeline = running(sender, dead)
     pipeline.submit(record(0))
     await eventually(lambda: len(sender.sent) == 1)
     draining = asyncio.create_task(pipeline.drain(5.0))
@@ -222,3 +238,40 @@ async def test_drain_waits_for_the_dead_letter_an_answer_during_the_drain_starts
     assert await draining
     assert [written.offset for written, _ in dead.written] == [0]
     assert pipeline.committable() == {("t", 0): 1}
+
+
+def header_value(headers: list[tuple[str, bytes]], name: str) -> bytes:
+    return dict(headers)[name]
+
+
+async def test_a_tool_the_gateway_denies_is_dead_lettered_and_never_called_again() -> None:
+    sender, dead = Sender(), DeadLetters()
+    sender.answer = Denied("policy_denied", "[POLICY DENIED] track_logout is not allowed")
+    pipeline = running(sender, dead, max_in_flight=1)
+    pipeline.submit(record(0, "logout"))
+    await eventually(lambda: len(dead.written) == 1)
+    sender.answer = Delivered("201")
+    pipeline.submit(record(1, "logout"))
+    pipeline.submit(record(2, "login"))
+    await eventually(lambda: pipeline.committable() == {("t", 0): 3})
+    assert [event.key for _, event in sender.sent] == ["e0", "e2"]
+    assert [written.offset for written, _ in dead.written] == [0, 1]
+    for _, headers in dead.written:
+        assert header_value(headers, "x-forwarder-error-reason") == b"denied_by_policy"
+    assert b"POLICY DENIED" in header_value(dead.written[0][1], "x-forwarder-error-detail")
+    assert await pipeline.drain(1.0)
+
+
+async def test_a_misconfigured_sink_halts_without_dead_letters_and_heals() -> None:
+    sender, dead, metrics = Sender(), DeadLetters(), Metrics()
+    sender.answer = Misconfigured("404", "the URL answers 404 to everything")
+    pipeline = running(sender, dead, metrics)
+    for offset in range(10):
+        pipeline.submit(record(offset))
+    await eventually(lambda: not pipeline.gate.configured)
+    assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 1
+    sender.answer = Delivered("201")
+    await eventually(lambda: pipeline.committable() == {("t", 0): 10}, timeout=10)
+    assert pipeline.gate.configured
+    assert dead.written == []
+    assert await pipeline.drain(1.0)
