@@ -20,19 +20,28 @@ from forwarder.core.policy import ALLOW_ALL, Policy, PolicyError, load_policy
 from forwarder.engine.build import build_pipeline
 from forwarder.engine.dead_letter_writer import DeadLetterStore
 from forwarder.engine.pipeline import Pipeline
+from forwarder.engine.shared_keys import KeyGate, LocalKeys, SharedKeys
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
 from forwarder.kafka.source import KafkaSource
-from forwarder.limits.sliding_log import LocalLimits
+from forwarder.limits.backend import LimiterBackend
+from forwarder.limits.fleet import FleetLimits
+from forwarder.limits.partition_share import ShareLimits
+from forwarder.limits.shared_log import SharedLog
 from forwarder.ops.health import HealthServer
 from forwarder.ops.logs import get_logger, register_secret
 from forwarder.ops.metrics import Metrics
 from forwarder.runtime import install_signal_handlers
+from forwarder.shared.connection import redis_target
+from forwarder.shared.dedupe import SharedDedupe
+from forwarder.shared.status import SharedStatus
 from forwarder.sinks.base import Sink
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
 
 TOKEN_CHECK_INTERVAL = 1.0
+REDIS_TIMEOUT = 1.0
+"""Connecting to Redis and each reply: past it, the replica falls back to its share."""
 T = TypeVar("T")
 
 
@@ -73,6 +82,46 @@ async def start_with_retry(
     return None
 
 
+def fleet_parts(settings: Settings, metrics: Metrics) -> tuple[LimiterBackend, KeyGate, str]:
+    """The limiter backend and the key gate for this configuration, and how the shared
+    state is described in the start-up line. With FORWARDER_REDIS_URL: the group's log
+    and de-duplication in Redis; without: the partition share and local memory."""
+    timeout = settings.sink.http_timeout_seconds
+    url = settings.shared.redis_url
+    if url is None:
+        limits = ShareLimits(time.monotonic(), settle=timeout)
+        metrics.rate_limit_share.set_function(lambda: limits.share(time.monotonic()))
+        return limits, LocalKeys(), "none (limits split by partition share)"
+    try:
+        target = redis_target(
+            url.get_secret_value(), settings.kafka.group_id, settings.shared.redis_password_file
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    status = SharedStatus(target.display, lambda up: metrics.shared_state_up.set(int(up)))
+    fleet = FleetLimits(
+        SharedLog(target.client(REDIS_TIMEOUT), target.prefix + "recovering"),
+        status,
+        prefix=target.prefix,
+        send_timeout=timeout,
+        now=time.monotonic(),
+    )
+    metrics.rate_limit_share.set_function(lambda: fleet.share(time.monotonic()))
+    keys: KeyGate = LocalKeys()
+    if settings.dedupe.ttl_seconds > 0:
+        keys = SharedKeys(
+            SharedDedupe(
+                target.client(REDIS_TIMEOUT),
+                status,
+                prefix=target.dedupe_prefix,
+                ttl=settings.dedupe.ttl_seconds,
+                # At least a request's timeout: a live holder renews it, a dead one's lapses.
+                claim_ttl=timeout + REDIS_TIMEOUT,
+            )
+        )
+    return fleet, keys, target.display
+
+
 class Forwarder:
     """One forwarder: the pipeline between a consumer group and the sink."""
 
@@ -98,7 +147,7 @@ class Forwarder:
         self._sink_description = built.describe
         self._dead_letters = dead_letters
         self.policy = load_policy_file(settings.limits)
-        self.limits = LocalLimits()
+        self.limits, self.keys, self._shared = fleet_parts(settings, self.metrics)
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
         self.health = HealthServer(
@@ -129,6 +178,7 @@ class Forwarder:
             dead_letter_topic=settings.kafka.dead_letter_topic,
             sink=self._sink_description,
             metrics_port=self.health.port,
+            shared_state=self._shared,
         )
         try:
             await self._run(stop)
@@ -157,6 +207,7 @@ class Forwarder:
                 policy=self.policy,
                 limits=settings.limits,
                 backend=self.limits,
+                keys=self.keys,
                 retry=settings.retry,
                 dedupe=settings.dedupe,
                 decode=settings.decode,
@@ -178,10 +229,12 @@ class Forwarder:
                 pipeline,
                 self.metrics,
                 settings.kafka.commit_interval_seconds,
+                rebalanced=self.limits.rebalanced,
             )
             self.source = source
             await self.sink.open()
             await self.limits.start(pipeline.wake)
+            await self.keys.start()
             pipeline.start()
             watcher = asyncio.create_task(self._watch_credentials(stop, pipeline))
             try:
@@ -191,6 +244,7 @@ class Forwarder:
                 self._log.info("stopping: draining in-flight sends", in_flight=pipeline.in_flight)
                 drained = await pipeline.drain(settings.ops.shutdown_timeout_seconds)
                 await source.close()
+                await self.keys.aclose()
                 await self.limits.aclose()
                 self._log.info(
                     "forwarder stopped", drained=drained, committed=pipeline.committable()

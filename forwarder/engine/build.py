@@ -16,6 +16,7 @@ from forwarder.core.retry import Backoff, RetryPolicy
 from forwarder.core.scheduler import Scheduler
 from forwarder.engine.dead_letter_writer import DeadLetterStore, DeadLetterWriter
 from forwarder.engine.pipeline import Pipeline
+from forwarder.engine.shared_keys import KeyGate
 from forwarder.limits.backend import LimiterBackend
 from forwarder.limits.gate import SendGate
 from forwarder.limits.sliding_log import LocalLimits
@@ -31,6 +32,7 @@ def build_pipeline(
     policy: Policy = ALLOW_ALL,
     limits: LimitSettings | None = None,
     backend: LimiterBackend | None = None,
+    keys: KeyGate | None = None,
     retry: RetrySettings | None = None,
     dedupe: DedupeSettings | None = None,
     decode: DecodeSettings | None = None,
@@ -60,5 +62,6 @@ def build_pipeline(
         ),
         max_in_flight=max_in_flight,
         max_buffered=max_buffered,
+        keys=keys,
         clock=clock,
     )

@@ -28,6 +28,7 @@ from forwarder.core.policy import Policy
 from forwarder.core.retry import RetryPolicy
 from forwarder.core.scheduler import Job, Partition, Scheduler
 from forwarder.engine.dead_letter_writer import DeadLetterWriter
+from forwarder.engine.shared_keys import KeyGate, LocalKeys
 from forwarder.limits.gate import SendGate, Ticket
 from forwarder.ops.logs import RepeatSuppressor, event_fields, get_logger
 from forwarder.ops.metrics import Metrics, Tally
@@ -59,6 +60,7 @@ class Pipeline:
         cloudevent_types: CloudEventTypes,
         max_in_flight: int,
         max_buffered: int,
+        keys: KeyGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -67,6 +69,8 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._scheduler = scheduler
+        self._keys: KeyGate = keys or LocalKeys()
+        self._keys.bind(self._admit, self._finish_shared_duplicate)
         self._retry_policy = retry
         self._policy = policy
         self._denied_tools: set[str] = set()
@@ -145,6 +149,7 @@ class Pipeline:
             del self._partitions[partition]
         for job in self._scheduler.cancel(revoked, self._clock()):
             self._finish_duplicate(job)
+        self._keys.revoked(revoked)
         self._wake.set()
 
     def committable(self) -> dict[Partition, int]:
@@ -170,7 +175,27 @@ class Pipeline:
 
     # Intake -------------------------------------------------------------------------
 
+    async def submit_batch(self, records: list[SourceRecord]) -> None:
+        """A poll batch, in consumption order: decoded, then its keys checked with the
+        group's shared state (one round trip) before the scheduler sees them."""
+        jobs = [job for record in records if (job := self._accept(record)) is not None]
+        if jobs:
+            await self._keys.take(jobs)
+
     def submit(self, record: SourceRecord) -> None:
+        """One record, straight to the scheduler (no shared de-duplication)."""
+        job = self._accept(record)
+        if job is not None:
+            self._admit(job)
+
+    def _admit(self, job: Job) -> None:
+        for duplicate in self._scheduler.admit(job, self._clock()):
+            self._finish_duplicate(duplicate)
+        self._wake.set()
+
+    def _accept(self, record: SourceRecord) -> Job | None:
+        """Track the record's offset; decode it and check the policy. None when it was
+        dead-lettered instead."""
         partition = (record.topic, record.partition)
         offsets = self._partitions.get(partition)
         if offsets is None:
@@ -191,18 +216,15 @@ class Pipeline:
         decoded = decode(record.value, record.headers, self._types)
         if isinstance(decoded, Invalid):
             self._dead_letter(record, offsets, decoded.reason, decoded.detail, 0, None)
-            return
+            return None
         tool = decoded.action.tool
         policy = self._policy.for_tool(tool)
         if not policy.allowed or tool in self._denied_tools:
             reason = policy.reason if not policy.allowed else "the gateway denied it"
             detail = f"{tool} is denied by the policy: {reason}"
             self._dead_letter(record, offsets, dl.DENIED_BY_POLICY, detail, 0, decoded.key)
-            return
-        job = Job(record, decoded, offsets)
-        for duplicate in self._scheduler.admit(job, self._clock()):
-            self._finish_duplicate(duplicate)
-        self._wake.set()
+            return None
+        return Job(record, decoded, offsets)
 
     # Dispatch -------------------------------------------------------------------------
 
@@ -345,6 +367,7 @@ class Pipeline:
         if self._log.is_enabled_for(logging.DEBUG):  # the fields cost more than the no-op call
             self._log.debug("event forwarded", **self._fields(job), attempts=job.attempts)
         duplicates = self._scheduler.complete(job, delivered=True, now=now)
+        self._keys.delivered(job, now)
         self._finish(job.record, job.offsets, job.cancelled)
         for duplicate in duplicates:
             self._finish_duplicate(duplicate)
@@ -380,6 +403,8 @@ class Pipeline:
         self._retry_at(job, now + delay)
 
     def _retry_at(self, job: Job, when: float) -> None:
+        if job.cancelled:  # its partition was revoked while it was under way: dropped
+            self._keys.released(job)
         for duplicate in self._scheduler.retry_at(job, when):
             self._finish_duplicate(duplicate)
 
@@ -396,6 +421,7 @@ class Pipeline:
     ) -> None:
         """Dead-letter a job; its copies may now be sent, since this one never arrived."""
         duplicates = self._scheduler.complete(job, delivered=False, now=self._clock())
+        self._keys.released(job)
         if not job.cancelled:
             self._dead_letter(
                 job.record, job.offsets, reason, detail, job.attempts, job.event.key, status, body
@@ -409,6 +435,13 @@ class Pipeline:
         self._metrics.duplicates.inc()
         if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug("duplicate event not sent again", **self._fields(job))
+        self._finish(job.record, job.offsets, job.cancelled)
+
+    def _finish_shared_duplicate(self, job: Job) -> None:
+        """A copy another replica (or an earlier process) delivered, as the group knows."""
+        self._metrics.duplicates_shared.inc()
+        if self._log.is_enabled_for(logging.DEBUG):
+            self._log.debug("duplicate event delivered by the group", **self._fields(job))
         self._finish(job.record, job.offsets, job.cancelled)
 
     @staticmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -57,8 +58,14 @@ class KafkaSource:
         pipeline: Pipeline,
         metrics: Metrics,
         commit_interval: float,
+        rebalanced: Callable[[int, int, float], None] | None = None,
     ) -> None:
+        """`rebalanced(assigned, total, now)` hears of every change of assignment: how
+        many partitions this member holds of all the subscribed topics' (the limits
+        split by partition share use it)."""
         self._consumer: AIOKafkaConsumer | None = consumer
+        self._topics = topics
+        self._rebalanced = rebalanced
         self._pipeline = pipeline
         self._metrics = metrics
         self._commit_interval = commit_interval
@@ -89,9 +96,10 @@ class KafkaSource:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
                     continue
-                for messages in batch.values():
-                    for message in messages:
-                        self._pipeline.submit(to_record(message))
+                if batch:
+                    await self._pipeline.submit_batch(
+                        [to_record(message) for messages in batch.values() for message in messages]
+                    )
         finally:
             consumer.pause(*consumer.assignment())
             committer.cancel()
@@ -172,6 +180,7 @@ class KafkaSource:
     async def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Commit what is finished before the partitions move, then forget them."""
         partitions = {(tp.topic, tp.partition) for tp in revoked}
+        self._share_changed(exclude=partitions)
         await self.commit(partitions)
         self._pipeline.revoke(partitions)
         for topic, partition in partitions:
@@ -186,11 +195,28 @@ class KafkaSource:
     def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.in_group = True
         self._metrics.rebalances.inc()
+        self._share_changed()
         self._pipeline.assign((tp.topic, tp.partition) for tp in assigned)
         self._log.info(
             "partitions assigned",
             partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
         )
+
+    def _share_changed(self, exclude: set[tuple[str, int]] | None = None) -> None:
+        """Tell the limits how many partitions this member holds now, of how many. A
+        topic whose partition count is not known yet counts as held by others, so the
+        share can only come out too small."""
+        consumer = self._consumer
+        if self._rebalanced is None or consumer is None:
+            return
+        held = {(tp.topic, tp.partition) for tp in consumer.assignment()} - (exclude or set())
+        total = 0
+        for topic in self._topics:
+            partitions = consumer.partitions_for_topic(topic)
+            total += len(partitions) if partitions else 0
+        known = {topic for topic in self._topics if consumer.partitions_for_topic(topic)}
+        assigned = sum(1 for topic, _ in held if topic in known)
+        self._rebalanced(assigned, max(total, 1), time.monotonic())
 
     # Shutdown ---------------------------------------------------------------------------
 

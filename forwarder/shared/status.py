@@ -12,6 +12,11 @@ from collections.abc import Callable
 
 from forwarder.ops.logs import get_logger
 
+LOST = (
+    "shared state unreachable; limits fall back to this replica's partition share"
+    " and de-duplication to this replica's memory until it is back"
+)
+
 
 class SharedStatus:
     """Up or down, as last seen by any user of the connection; starts down (unknown)."""
@@ -43,8 +48,7 @@ class SharedStatus:
         self.up = False
         self._announced = True
         self._log.warning(
-            "shared state unreachable; limits fall back to this replica's partition share"
-            " and de-duplication to this replica's memory until it is back",
+            LOST,
             redis=self._display,
             error=repr(error),
         )

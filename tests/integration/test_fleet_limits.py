@@ -27,6 +27,7 @@ from forwarder.shared.connection import redis_target
 from forwarder.shared.status import SharedStatus
 from tests.conftest import eventually, wait_until
 from tests.integration.kafka_helpers import unique
+from tests.integration.test_fleet import steady_use
 from tests.integration.test_limits import busiest_window
 
 SEND_TIMEOUT = 1.0
@@ -124,13 +125,6 @@ def arrivals(legiti: LegitiStub) -> list[float]:
     return [request.at for request in legiti.requests]
 
 
-def steady_rate(times: list[float], rate: Rate) -> float:
-    """Sends per window after the first window's burst, over the rest of the run."""
-    ordered = sorted(times)
-    later = [t for t in ordered if t >= ordered[0] + rate.window]
-    return (len(later) - 1) / (later[-1] - later[0]) * rate.window
-
-
 async def test_three_replicas_share_one_limit_and_use_it(redis_server, legiti) -> None:
     rate = Rate(30, 1.0)
     group = unique()
@@ -142,7 +136,7 @@ async def test_three_replicas_share_one_limit_and_use_it(redis_server, legiti) -
         await eventually(lambda: len(legiti.requests) >= 5 * 30, timeout=20)
     times = arrivals(legiti)
     assert busiest_window(times, rate.window) <= 30
-    assert steady_rate(times, rate) >= 0.9 * 30
+    assert steady_use(times, 30, rate.window) >= 0.9
     assert min(a.sent, b.sent, c.sent) > 0, "every replica got a part of the allowance"
     assert a.modes == b.modes == c.modes == [True]
 
@@ -159,7 +153,7 @@ async def test_one_busy_replica_gets_the_whole_limit(redis_server, legiti) -> No
         await eventually(lambda: len(legiti.requests) >= 5 * 40, timeout=20)
     times = arrivals(legiti)
     assert busiest_window(times, rate.window) <= 40
-    assert steady_rate(times, rate) >= 0.9 * 40
+    assert steady_use(times, 40, rate.window) >= 0.9
     assert busy.sent == len(times)
 
 
