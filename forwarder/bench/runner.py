@@ -52,6 +52,7 @@ from forwarder.bench.workload import (
 )
 from forwarder.sandbox.broker import SandboxBroker
 from forwarder.sandbox.process import Child, ForwarderProcess
+from forwarder.sandbox.redis import SandboxRedis
 from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import create_topic
 from forwarder.sinks.legiti.client import idempotency_key
@@ -70,6 +71,8 @@ Reading = Callable[[str, str, str], AbstractAsyncContextManager[Child]]
 
 _LATENCY_SETTLE_SECONDS = 1.0
 _SAMPLE_INTERVAL = 0.25
+BACKLOG_HTTP_TIMEOUT = "2"
+"""The backlog forwarder's request timeout: the stand-in answers in milliseconds."""
 _PACING_TICK = 0.01
 """The paced producer hands records over every 10 ms, as a producer lingering 10 ms would:
 ticking every 2 ms cost the benchmark process and the broker three times the CPU (32% and
@@ -136,11 +139,15 @@ class Bench:
     # Throughput ------------------------------------------------------------------------
 
     async def forwarder_run(
-        self, index: int, topic: str, records: int, expected: int
+        self, index: int, topic: str, records: int, expected: int, redis_url: str | None = None
     ) -> dict[str, Any]:
-        """Drain the preloaded topic with a fresh consumer group; rate as the sink saw it."""
+        """Drain the preloaded topic with a fresh consumer group; rate as the sink saw it.
+        With `redis_url`, the same forwarder with the group's state in Redis (the fleet
+        row: shared de-duplication on, no rate limit)."""
         await self.sink.reset()
-        async with self._forwarder(f"forwarder-{index}", topic, self.sink.url) as forwarder:
+        extra = {} if redis_url is None else {"redis_url": redis_url}
+        name = f"forwarder-{index}" if redis_url is None else f"fleet-{index}"
+        async with self._forwarder(name, topic, self.sink.url, **extra) as forwarder:
             await forwarder.wait_started()
             # From here on, CPU time is the pipeline's, not the imports'.
             cpu_at_start = cpu_seconds(forwarder.pid)
@@ -365,7 +372,9 @@ class Bench:
 
     async def backlog_run(self, events: int) -> dict[str, Any]:
         """A forwarder in front of `events` queued records behind a tight rate limit:
-        RSS is sampled while its consumer sits paused."""
+        RSS is sampled while its consumer sits paused. Without shared state its limit
+        counts only a window plus the request timeout after the partitions are assigned
+        (their previous owner may have used it): a short timeout keeps that wait short."""
         topic = _unique("bench-backlog")
         await create_topic(self.broker.bootstrap, topic, PARTITIONS)
         produced, produce_seconds = await preload(
@@ -378,6 +387,7 @@ class Bench:
             topic,
             self.sink.url,
             rate_limit=self.options.backlog_rate,
+            http_timeout_seconds=BACKLOG_HTTP_TIMEOUT,
         ) as forwarder:
             await forwarder.wait_ready()
             started = time.monotonic()
@@ -428,7 +438,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     records = list(generate(options.events, SEED))
     duplicates = sum(r.duplicate for r in records)
     expected = len(records) - duplicates
-    with SandboxBroker() as broker:
+    with SandboxBroker() as broker, SandboxRedis() as redis:
         sink = await SinkProcess(options.log_dir).start()
         try:
             bench = Bench(options, broker, sink)
@@ -436,9 +446,10 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
             await create_topic(broker.bootstrap, topic, PARTITIONS)
             produced, produce_seconds = await preload(broker.bootstrap, topic, iter(records))
             del records
-            forwarder, aiohttp, consume, naive, keepalive = [], [], [], [], []
+            forwarder, fleet, aiohttp, consume, naive, keepalive = [], [], [], [], [], []
             for index in range(options.runs):
                 forwarder.append(await bench.forwarder_run(index, topic, produced, expected))
+                fleet.append(await bench.forwarder_run(index, topic, produced, expected, redis.url))
                 aiohttp.append(await bench.aiohttp_run(index, expected))
                 consume.append(await bench.consume_run(index, topic))
                 naive.append(await bench.naive_run(index, topic, keep_alive=False))
@@ -487,6 +498,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
             "preload_events_per_second": produced / produce_seconds,
         },
         "forwarder": forwarder_summary,
+        "fleet": _summary(fleet, "events_per_second", "peak_rss_mb", "cpu_seconds_per_1000_events"),
         "latency": _summary(latency, "rate", "p50_ms", "p99_ms", "max_ms"),
         "relay_latency": _summary(relay, "rate", "p50_ms", "p99_ms", "max_ms"),
         "aiohttp_ceiling": _summary(aiohttp, "events_per_second", "cpu_seconds_per_1000_events"),
@@ -509,6 +521,8 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "forwarder_vs_naive": fwd / results["naive"]["events_per_second"],
         "forwarder_vs_naive_keepalive": fwd / results["naive_keepalive"]["events_per_second"],
         "forwarder_vs_consume": fwd / results["consume_ceiling"]["events_per_second"],
+        # Same minutes, same topic: the forwarder with FORWARDER_REDIS_URL over without.
+        "fleet_vs_forwarder": results["fleet"]["events_per_second"] / fwd,
     }
     if backlog is not None:
         results["backlog"] = backlog
