@@ -100,7 +100,7 @@ def fleet_parts(settings: Settings, metrics: Metrics) -> tuple[LimiterBackend, K
         raise StartupError(str(exc)) from exc
     status = SharedStatus(target.display, lambda up: metrics.shared_state_up.set(int(up)))
     fleet = FleetLimits(
-        SharedLog(target.client(REDIS_TIMEOUT), target.prefix + "recovering"),
+        SharedLog(target.client(REDIS_TIMEOUT), target.prefix),
         status,
         prefix=target.prefix,
         send_timeout=timeout,

@@ -21,12 +21,18 @@ Modes, decided by whether the last call to Redis worked:
   `retry_interval` seconds. One warning line and `forwarder_shared_state_up 0`
   say so (`forwarder.shared.status`).
 - **both**, after a return: the member's own fallback sends of the last W are
-  recorded into the shared log, and for `retry_interval` + W it needs a permit
-  *and* room in its share. Members still in fallback (they notice the return
-  within `retry_interval`) send without recording; as long as everyone keeps
-  its share too, the group stays within N. The returning member sets a marker
-  in Redis for that long, and every member that sees it (in its script
-  answers) keeps its share as well until it expires.
+  recorded into the shared log, and until everyone has noticed the return (within
+  `retry_interval`) and the member's own share counts again, it needs a permit
+  *and* room in its share. Members still in fallback send without recording; as
+  long as everyone keeps its share too, the group stays within N. The returning
+  member sets a marker in Redis for that long, and every member that sees it (in
+  its script answers) keeps its share as well until it expires.
+- **Redis lost its data** (restarted without persistence, while the connections
+  looked fine): the log's epoch changed, so the sends of the last window are
+  forgotten. Every member that sees the new epoch treats it like an outage that
+  just ended: it sends nothing until the sends Redis forgot have left the window
+  (the share's wait), and sets the marker so that members starting meanwhile
+  keep their share too.
 
 The share log sees every send in every mode, so it is complete whenever the
 share is enforced. What is weaker while Redis is away or partly away is in
@@ -159,7 +165,7 @@ class FleetLimiter:
             moments.append(self._not_before)
         return min(moments)
 
-    def exchange(self, now: float, *, first_id: int, mark_us: int) -> Exchange:
+    def exchange(self, now: float, *, first_id: int, mark_us: int, epoch: str = "") -> Exchange:
         """The call to make now: finishes, returns, sends made without Redis, and how
         many permits to ask for (a finish may have freed a slot, so it asks again)."""
         self._expire(now)
@@ -176,6 +182,7 @@ class FleetLimiter:
             first_id=first_id,
             want=want,
             mark_us=mark_us,
+            epoch=epoch,
             finished=[(permit, _micros(now - at)) for permit, at in self._finished],
             returned=list(self._returned),
         )
@@ -277,6 +284,10 @@ class FleetLimits:
         """In fallback after a failed call (not merely before the first one)."""
         self.both_until = -math.inf
         self._both_ends = False
+        self._mark_until = -math.inf
+        """Until when this member keeps the group's recovery marker up."""
+        self._epoch: bytes | None = None
+        self._new_epoch = uuid.uuid4().hex
         self._retry_at = now
         self._next_id = 0
         self._limiters: dict[tuple[str, int, float], FleetLimiter] = {}
@@ -369,13 +380,21 @@ class FleetLimits:
 
     async def _exchange(self, now: float) -> None:
         longest = max(limiter.rate.window for limiter in self._limiters.values())
-        mark_us = _micros(self.retry_interval + longest) if self._down else 0
+        if self._down:
+            # Coming back: keep the share too until everyone noticed the return (within
+            # a retry interval) and until this member's own share counts again.
+            self._mark_until = max(
+                now + self.retry_interval + longest,
+                self.partition_share.busy_end + longest,
+            )
+        mark_us = _micros(self._mark_until - now) if self._mark_until > now else 0
         calls: list[tuple[FleetLimiter, Exchange]] = []
         for limiter in self._limiters.values():
-            if self.up and limiter.due(now) > now:
+            if self.up and limiter.due(now) > now and now >= self._mark_until:
                 continue
             first = self.take_ids(limiter.block)
-            calls.append((limiter, limiter.exchange(now, first_id=first, mark_us=mark_us)))
+            request = limiter.exchange(now, first_id=first, mark_us=mark_us, epoch=self._new_epoch)
+            calls.append((limiter, request))
         try:
             grants = await self._log.exchange([request for _, request in calls])
         except (RedisError, OSError, TimeoutError) as exc:
@@ -388,6 +407,9 @@ class FleetLimits:
             if grant.recovering_us:
                 self.both_until = max(self.both_until, answered + grant.recovering_us / MICROS)
                 self._both_ends = True
+            if self._epoch is not None and grant.epoch != self._epoch:
+                self._forgotten(now)
+            self._epoch = grant.epoch
         if not self.up:
             self.up = True
             self._down = False
@@ -395,6 +417,19 @@ class FleetLimits:
             arrived = True
         if arrived:
             self._wake()
+
+    def _forgotten(self, now: float) -> None:
+        """Redis lost its data: the sends of the last window are gone from the log. As
+        after an outage, nothing is sent until the last of them has left the window
+        (the share's wait), and the marker tells every member to keep its share."""
+        longest = max(limiter.rate.window for limiter in self._limiters.values())
+        longest_lease = max(limiter.lease_ttl for limiter in self._limiters.values())
+        self.partition_share.busy_until(now + longest_lease + self.send_timeout)
+        self._mark_until = self.partition_share.busy_end + longest
+        self.both_until = max(self.both_until, self._mark_until)
+        self._both_ends = True
+        self._status.forgotten()
+        self._kick.set()
 
     def _fall_back(self, now: float, error: BaseException) -> None:
         if not self._down:

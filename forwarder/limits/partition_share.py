@@ -90,6 +90,11 @@ class PartitionShare:
         while len(self._steps) > 1 and self._steps[1].since <= edge:
             self._steps.popleft()
 
+    @property
+    def busy_end(self) -> float:
+        """Until when others may have used the whole of every limit."""
+        return self._busy_until
+
     def busy_until(self, when: float) -> None:
         """Others may have used the whole of every limit until `when`: nothing counts
         for this member before `when` + W."""

@@ -21,7 +21,9 @@ as their bound.
 
 The script also keeps the group's recovery marker (see `forwarder.limits.fleet`):
 a key whose time to live says how long members must keep their partition share
-as well, after a member came back from an outage.
+as well, after a member came back from an outage; and the epoch, a random id set
+when the key is missing, so that a member sees when Redis lost its data (a
+restart without persistence) and with it the sends of the last window.
 
 One round trip serves every limit: the calls go in one pipeline. The script is
 loaded once per connection and called by its SHA (EVALSHA); a server that lost
@@ -47,7 +49,12 @@ local holder = ARGV[5]
 local first_id = tonumber(ARGV[6])
 local want = tonumber(ARGV[7])
 local mark = tonumber(ARGV[8])
-local i = 9
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[9]
+  redis.call('SET', KEYS[3], epoch)
+end
+local i = 10
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local id, score = ARGV[i], now - tonumber(ARGV[i + 1]); i = i + 2
@@ -90,7 +97,7 @@ if mark > 0 then
 end
 local recovering = redis.call('PTTL', KEYS[2])
 if recovering < 0 then recovering = 0 end
-return {now, granted, wait, recovering * 1000}
+return {now, granted, wait, recovering * 1000, epoch}
 """
 
 
@@ -107,6 +114,8 @@ class Exchange:
     first_id: int
     want: int
     mark_us: int = 0
+    epoch: str = ""
+    """Set as the epoch if there is none yet."""
     finished: list[tuple[str, int]] = field(default_factory=list)
     """(permit id, microseconds since it finished)"""
     returned: list[str] = field(default_factory=list)
@@ -126,6 +135,7 @@ class Exchange:
             self.first_id,
             self.want,
             self.mark_us,
+            self.epoch,
             len(self.finished),
         ]
         for permit, age in self.finished:
@@ -148,14 +158,19 @@ class Grant:
     """Until the oldest entry leaves the window when the log is full; -1 when it is not."""
     recovering_us: int
     """Remaining time of the group's recovery marker; 0 when there is none."""
+    epoch: bytes
+    """The id of the log's data: it changes when Redis lost it."""
 
 
 class SharedLog:
     """Runs the script for many limits in one pipelined round trip."""
 
-    def __init__(self, client: Redis, marker_key: str) -> None:
+    def __init__(self, client: Redis, prefix: str) -> None:
+        """`prefix` is the group's (with its hash tag): the marker and the epoch go
+        beside the limits' own keys, in their slot."""
         self._client = client
-        self._marker_key = marker_key
+        self._marker_key = prefix + "recovering"
+        self._epoch_key = prefix + "epoch"
         self._sha: str | None = None
 
     async def exchange(self, requests: Sequence[Exchange]) -> list[Grant]:
@@ -176,9 +191,14 @@ class SharedLog:
             self._sha = str(await self._client.script_load(SCRIPT))
         pipe = self._client.pipeline(transaction=False)
         for request in requests:
-            pipe.evalsha(self._sha, 2, request.key, self._marker_key, *request.args())
+            pipe.evalsha(
+                self._sha, 3, request.key, self._marker_key, self._epoch_key, *request.args()
+            )
         replies = await pipe.execute()
-        return [Grant(*(int(value) for value in reply)) for reply in replies]
+        return [
+            Grant(int(now), int(granted), int(wait), int(recovering), bytes(epoch))
+            for now, granted, wait, recovering, epoch in replies
+        ]
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -42,6 +42,14 @@ class SharedStatus:
         if self._on_change is not None:
             self._on_change(True)
 
+    def forgotten(self) -> None:
+        """Redis answers but lost its data (restarted without persistence)."""
+        self._log.warning(
+            "shared state lost its data (a Redis restart?); limits hold back for a window"
+            " and de-duplication forgets what was delivered before",
+            redis=self._display,
+        )
+
     def lost(self, error: BaseException) -> None:
         if not self.up and self._announced:
             return

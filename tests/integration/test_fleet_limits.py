@@ -56,7 +56,7 @@ class Replica:
         self.modes: list[bool] = []
         self.status = SharedStatus(self.target.display, self.modes.append)
         self.limits = FleetLimits(
-            SharedLog(self.target.client(0.5), self.target.prefix + "recovering"),
+            SharedLog(self.target.client(0.5), self.target.prefix),
             self.status,
             prefix=self.target.prefix,
             send_timeout=SEND_TIMEOUT,
@@ -173,9 +173,9 @@ async def test_leases_of_a_vanished_holder_expire(redis_server) -> None:
     """A holder killed with its whole block of permits leased and unfinished blocks the
     log only until lease time + lease lifetime + send timeout, then one window more."""
     target = redis_target(redis_server.url, unique())
-    key, marker = target.prefix + "limit:test", target.prefix + "recovering"
-    gone = SharedLog(target.client(1.0), marker)
-    survivor = SharedLog(target.client(1.0), marker)
+    key = target.prefix + "limit:test"
+    gone = SharedLog(target.client(1.0), target.prefix)
+    survivor = SharedLog(target.client(1.0), target.prefix)
     bound_us, window_us = 300_000, 400_000
 
     def ask(holder: str, want: int) -> Exchange:
@@ -207,7 +207,7 @@ async def test_unused_permits_are_returned_at_shutdown(redis_server) -> None:
     target = redis_target(redis_server.url, unique())
     rate = Rate(100, 60.0)
     limits = FleetLimits(
-        SharedLog(target.client(1.0), target.prefix + "recovering"),
+        SharedLog(target.client(1.0), target.prefix),
         SharedStatus(target.display),
         prefix=target.prefix,
         send_timeout=SEND_TIMEOUT,
@@ -256,3 +256,27 @@ async def test_redis_lost_and_back_falls_back_to_the_share_and_returns(
         await eventually(lambda: len(legiti.requests) >= back + 60, timeout=20)
     assert a.modes == b.modes == [True, False, True]
     assert busiest_window(arrivals(legiti), rate.window) <= 20
+
+
+async def test_redis_losing_its_data_holds_the_group_back_for_a_window(
+    redis_server, legiti
+) -> None:
+    """A Redis that restarts without persistence forgets the window's sends, though the
+    connections may survive (FLUSHALL here): the members see the log's epoch change and
+    send nothing until what Redis forgot has left the window."""
+    rate = Rate(20, 1.0)
+    group = unique()
+    async with (
+        Replica(redis_server.url, group, legiti, rate) as a,
+        Replica(redis_server.url, group, legiti, rate),
+    ):
+        await eventually(lambda: len(legiti.requests) >= 30, timeout=20)
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+        forgotten = len(legiti.requests)
+        await eventually(lambda: len(legiti.requests) >= forgotten + 40, timeout=30)
+    assert busiest_window(arrivals(legiti), rate.window) <= 20
+    assert a.modes == [True], "Redis stayed reachable throughout"

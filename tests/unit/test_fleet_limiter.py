@@ -23,7 +23,7 @@ def fleet(now: float = 0.0) -> FleetLimits:
     # A client that is never used: nothing here talks to a server.
     client = redis.asyncio.Redis(host="127.0.0.1", port=9)
     return FleetLimits(
-        SharedLog(client, "marker"),
+        SharedLog(client, "forwarder:{g}:"),
         SharedStatus("redis://test"),
         prefix="forwarder:{g}:",
         send_timeout=SEND_TIMEOUT,
@@ -32,7 +32,13 @@ def fleet(now: float = 0.0) -> FleetLimits:
 
 
 def grant(granted: int, wait_us: int = -1, recovering_us: int = 0) -> Grant:
-    return Grant(server_now_us=0, granted=granted, wait_us=wait_us, recovering_us=recovering_us)
+    return Grant(
+        server_now_us=0,
+        granted=granted,
+        wait_us=wait_us,
+        recovering_us=recovering_us,
+        epoch=b"epoch",
+    )
 
 
 def shared(now: float = 0.0) -> tuple[FleetLimits, FleetLimiter]:
