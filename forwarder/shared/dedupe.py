@@ -20,9 +20,10 @@ per flush: nothing waits for Redis per event. A crash loses at most the marks
 not yet flushed, a few milliseconds of deliveries, whose claims then lapse and
 whose events the next owner sends again.
 
-While Redis is unreachable `claim` answers None at once (the caller relies on
-its local window), marks wait in a bounded queue and are written when it is
-back, and a probe every `retry_interval` notices its return.
+While Redis is unreachable (as this store or the limits last saw it: they share
+one `SharedStatus`) `claim` answers None at once (the caller relies on its local
+window), marks wait in a bounded queue and are written when it is back, and a
+probe every `retry_interval` notices its return.
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ class SharedDedupe:
     # The engine's side ---------------------------------------------------------------
 
     async def claim(self, keys: Sequence[str]) -> dict[str, Claim] | None:
-        """Claim a poll batch's keys in one round trip; None while Redis is unreachable."""
-        if not self._status.up and self._clock() < self._retry_at:
+        """Claim a poll batch's keys in one round trip; None while Redis is unreachable.
+
+        Down, it answers at once without trying: the poll loop must not wait out a
+        connection timeout per batch. The background task notices the return."""
+        if not self._status.up:
             return None
         unique = list(dict.fromkeys(keys))
         if not unique:
@@ -153,6 +157,9 @@ class SharedDedupe:
     # Lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Reach Redis once before the first batch (so that it is claimed, not let
+        through), then keep writing and probing in the background."""
+        await self._attempt()
         self._task = asyncio.create_task(self._run(), name="shared-dedupe")
 
     async def aclose(self) -> None:
@@ -187,12 +194,15 @@ class SharedDedupe:
                 return
             if not self._status.up and self._clock() < self._retry_at:
                 continue
-            try:
-                await self._flush()
-            except (RedisError, OSError) as exc:
-                self._lost(exc)
-                continue
-            self._status.reached()
+            await self._attempt()
+
+    async def _attempt(self) -> None:
+        try:
+            await self._flush()
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return
+        self._status.reached()
 
     async def _flush(self) -> None:
         """Marks, releases and due renewals in one pipeline; a PING when there are none

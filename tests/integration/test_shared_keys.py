@@ -5,6 +5,9 @@ replica holds."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio
 
 from forwarder.core.events import ActionType, AuthEvent
 from forwarder.core.offsets import PartitionOffsets
@@ -27,6 +30,17 @@ def store(url: str, group: str) -> SharedDedupe:
         ttl=60.0,
         claim_ttl=5.0,
     )
+
+
+def marked(url: str, group: str, key: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            return await client.get(redis_target(url, group).dedupe_prefix + key) == b"d"
+        finally:
+            await client.aclose()
+
+    return check
 
 
 def job(key: str, user: str, offset: int, partition: int = 0) -> Job:
@@ -60,11 +74,11 @@ async def test_a_users_events_wait_in_order_behind_a_key_another_replica_holds(
     sink = Sink()
     keys.bind(sink.admit, sink.duplicate)
     await keys.start()
+    await other.start()
     try:
         assert await other.claim(["k1", "done"]) == {"k1": Claim.MINE, "done": Claim.MINE}
         other.delivered("done", time.monotonic())
-        await other.start()  # writes the mark
-        await eventually(lambda: other.held == 1)
+        await wait_until(marked(redis_server.url, group, "done"), what="the delivered mark")
         batch = [
             job("k1", "u", 1),  # another replica has it in flight
             job("k2", "u", 2),  # same user: must wait behind k1
@@ -91,6 +105,7 @@ async def test_a_revoked_partitions_claims_are_given_up(redis_server) -> None:
     sink = Sink()
     mine.bind(sink.admit, sink.duplicate)
     await mine.start()
+    await successor.start()
     try:
         queued = job("q", "u", 1, partition=3)
         await mine.take([queued])
