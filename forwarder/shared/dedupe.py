@@ -13,10 +13,12 @@ One Redis key per event key, so that any replica, or a process restarted after
 A claim that ends without delivery (dead-lettered, or dropped at a rebalance
 before it was sent) is released, so the next copy is sent.
 
-Cost: `claim` is one pipelined round trip for a whole poll batch (a tiny script
-per key, one key each, so it works on Redis Cluster too). Delivered marks,
-releases and renewals are queued and written by a background task, one pipeline
-per flush: nothing waits for Redis per event. A crash loses at most the marks
+Cost: `claim` is one pipelined round trip for a whole poll batch: the keys fall
+into 16 groups (a stable hash), each group one Redis Cluster hash slot, and one
+script call claims all of a group's keys. Delivered marks, releases and
+renewals are queued and written by a background task the same way, one pipeline
+per flush: nothing waits for Redis per event, and the client's per-command cost
+is paid per group, not per key. A crash loses at most the marks
 not yet flushed, a few milliseconds of deliveries, whose claims then lapse and
 whose events the next owner sends again.
 
@@ -34,8 +36,9 @@ import enum
 import math
 import time
 import uuid
+import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -43,25 +46,66 @@ from redis.exceptions import NoScriptError, RedisError
 
 from forwarder.shared.status import SharedStatus
 
-DELIVERED_MARK = b"d"
 CLOSE_TIMEOUT = 1.0
 
+BUCKETS = 16
+"""Key groups, each in one Redis Cluster hash slot, so that one script call serves all
+of a batch's keys in a group: 16 calls at most per batch, however large it is."""
+
 CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if v then
-  if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-  return v
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 0
+  elseif v == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 0
+  elseif v == 'd' then
+    out[i] = 1
+  else
+    out[i] = 2
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+return out
+"""
+"""Per key: 0 this holder's now (it was free, or already its own), 1 delivered, 2 busy."""
+
+MARK = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 'd', 'PX', ARGV[i])
+end
+return #KEYS
 """
 
 OWN = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    if ARGV[2] == '0' then
+      redis.call('DEL', key)
+    else
+      redis.call('PEXPIRE', key, ARGV[2])
+    end
+  end
+end
+return #KEYS
 """
-"""Release (ARGV[2] = 0) or renew a claim, only while it is still this holder's."""
+"""Release (ARGV[2] = 0) or renew claims, each only while it is still this holder's."""
+
+SCRIPTS = {"claim": CLAIM, "mark": MARK, "own": OWN}
+Call = tuple[str, list[str], list[bytes | int]]
+"""A script's name, its keys (one hash slot) and its arguments."""
+
+
+def bucket(key: str) -> int:
+    """The key's group: a hash that is the same in every replica, modulo BUCKETS."""
+    return zlib.crc32(key.encode()) % BUCKETS
+
+
+def redis_key(prefix: str, key: str) -> str:
+    """Where an event key lives: `<prefix>{<bucket>}:<key>` (the braces: its slot)."""
+    return f"{prefix}{{{bucket(key)}}}:{key}"
 
 
 class Claim(enum.Enum):
@@ -71,6 +115,9 @@ class Claim(enum.Enum):
     """A replica delivered it within the TTL: a duplicate."""
     BUSY = "busy"
     """Another replica is sending it: wait, then ask again."""
+
+
+_CLAIMS = (Claim.MINE, Claim.DELIVERED, Claim.BUSY)
 
 
 class SharedDedupe:
@@ -114,28 +161,35 @@ class SharedDedupe:
         connection timeout per batch. The background task notices the return."""
         if not self._status.up:
             return None
-        unique = list(dict.fromkeys(keys))
-        if not unique:
+        groups = self._grouped(dict.fromkeys(keys))
+        if not groups:
             return {}
+        arguments: list[bytes | int] = [self._holder, self._claim_ms]
+        calls: list[Call] = [
+            ("claim", [redis_key(self._prefix, key) for key in group], arguments)
+            for group in groups.values()
+        ]
         try:
-            replies = await self._scripted(
-                [("claim", self._prefix + key, self._holder, self._claim_ms) for key in unique]
-            )
+            replies = await self._scripted(calls)
         except (RedisError, OSError) as exc:
             self._lost(exc)
             return None
         self._status.reached()
         now = self._clock()
         claims: dict[str, Claim] = {}
-        for key, reply in zip(unique, replies, strict=True):
-            if reply is None or reply == self._holder:
-                claims[key] = Claim.MINE
-                self._held[key] = now
-            elif reply == DELIVERED_MARK:
-                claims[key] = Claim.DELIVERED
-            else:
-                claims[key] = Claim.BUSY
+        for group, reply in zip(groups.values(), replies, strict=True):
+            for key, verdict in zip(group, reply, strict=True):
+                claims[key] = _CLAIMS[verdict]
+                if verdict == 0:
+                    self._held[key] = now
         return claims
+
+    @staticmethod
+    def _grouped(keys: Iterable[str]) -> dict[int, list[str]]:
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(bucket(key), []).append(key)
+        return groups
 
     def delivered(self, key: str, now: float) -> None:
         """The key was delivered at `now`: mark it for the group (written in the background)."""
@@ -212,15 +266,23 @@ class SharedDedupe:
         releases = list(self._releases)
         renew_before = now - self.claim_ttl / 3
         renewals = [key for key, at in self._held.items() if at <= renew_before]
-        sets = [
-            (self._prefix + key, max(1, math.floor((self._ttl - (now - at)) * 1000)))
+        lifetimes = {
+            key: max(1, math.floor((self._ttl - (now - at)) * 1000))
             for key, at in marks
             if self._ttl - (now - at) > 0
-        ]
-        calls = [("own", self._prefix + key, self._holder, 0) for key in releases]
-        calls += [("own", self._prefix + key, self._holder, self._claim_ms) for key in renewals]
-        if sets or calls:
-            await self._scripted(calls, sets)
+        }
+        calls: list[Call] = []
+        prefix = self._prefix
+        for group in self._grouped(lifetimes).values():
+            keys = [redis_key(prefix, key) for key in group]
+            calls.append(("mark", keys, [lifetimes[key] for key in group]))
+        for group in self._grouped(releases).values():
+            calls.append(("own", [redis_key(prefix, key) for key in group], [self._holder, 0]))
+        for group in self._grouped(renewals).values():
+            keys = [redis_key(prefix, key) for key in group]
+            calls.append(("own", keys, [self._holder, self._claim_ms]))
+        if calls:
+            await self._scripted(calls)
         elif not self._status.up:
             await self._client.ping()
         for _ in marks:
@@ -230,23 +292,17 @@ class SharedDedupe:
             if key in self._held:
                 self._held[key] = now
 
-    async def _scripted(
-        self,
-        calls: Sequence[tuple[str, str, bytes, int]],
-        sets: Sequence[tuple[str, int]] = (),
-    ) -> list[Any]:
-        """Delivered marks and scripts in one pipeline; the scripts' replies, in order."""
+    async def _scripted(self, calls: Sequence[Call]) -> list[Any]:
+        """The scripts in one pipeline; their replies, in order."""
         for attempt in (1, 2):
             if not self._shas:
                 self._shas = {
-                    "claim": str(await self._client.script_load(CLAIM)),
-                    "own": str(await self._client.script_load(OWN)),
+                    name: str(await self._client.script_load(text))
+                    for name, text in SCRIPTS.items()
                 }
             pipe = self._client.pipeline(transaction=False)
-            for key, px in sets:
-                pipe.set(key, DELIVERED_MARK, px=px)
-            for script, key, holder, ms in calls:
-                pipe.evalsha(self._shas[script], 1, key, holder, ms)
+            for script, keys, args in calls:
+                pipe.evalsha(self._shas[script], len(keys), *keys, *args)
             try:
                 replies: list[Any] = await pipe.execute()
             except NoScriptError:
@@ -257,7 +313,7 @@ class SharedDedupe:
             except BaseException:
                 self._shas = {}
                 raise
-            return replies[len(sets) :]
+            return replies
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _lost(self, error: BaseException) -> None:

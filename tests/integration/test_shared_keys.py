@@ -14,7 +14,7 @@ from forwarder.core.offsets import PartitionOffsets
 from forwarder.core.scheduler import Job
 from forwarder.engine.shared_keys import SharedKeys
 from forwarder.shared.connection import redis_target
-from forwarder.shared.dedupe import Claim, SharedDedupe
+from forwarder.shared.dedupe import Claim, SharedDedupe, redis_key
 from forwarder.shared.status import SharedStatus
 from tests.conftest import eventually, wait_until
 from tests.factories import record
@@ -36,7 +36,8 @@ def marked(url: str, group: str, key: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         client = redis.asyncio.Redis.from_url(url)
         try:
-            return await client.get(redis_target(url, group).dedupe_prefix + key) == b"d"
+            key_in_redis = redis_key(redis_target(url, group).dedupe_prefix, key)
+            return await client.get(key_in_redis) == b"d"
         finally:
             await client.aclose()
 
