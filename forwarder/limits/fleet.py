@@ -110,10 +110,9 @@ class FleetLimiter:
     # The dispatcher's side --------------------------------------------------------
 
     def delay(self, now: float) -> float:
-        share_wait = self.share_log.delay(now)
         fleet = self._fleet
         if not fleet.up:
-            return share_wait
+            return self.share_log.delay(now)
         self._expire(now)
         if self._stock:
             stock_wait = 0.0
@@ -124,7 +123,8 @@ class FleetLimiter:
                 fleet.kick()
             stock_wait = math.inf
         if now < fleet.both_until:
-            return max(stock_wait, share_wait)
+            return max(stock_wait, self.share_log.delay(now))
+        self.share_log.prune(now)  # it keeps every send, for when the share counts again
         return stock_wait
 
     def start(self, now: float) -> FleetPermit:
@@ -287,7 +287,6 @@ class FleetLimits:
         self._mark_until = -math.inf
         """Until when this member keeps the group's recovery marker up."""
         self._epoch: bytes | None = None
-        self._new_epoch = uuid.uuid4().hex
         self._retry_at = now
         self._next_id = 0
         self._limiters: dict[tuple[str, int, float], FleetLimiter] = {}
@@ -388,12 +387,14 @@ class FleetLimits:
                 self.partition_share.busy_end + longest,
             )
         mark_us = _micros(self._mark_until - now) if self._mark_until > now else 0
+        # Fresh for every call: the epoch a member proposes must never be one it knew.
+        epoch = uuid.uuid4().hex
         calls: list[tuple[FleetLimiter, Exchange]] = []
         for limiter in self._limiters.values():
             if self.up and limiter.due(now) > now and now >= self._mark_until:
                 continue
             first = self.take_ids(limiter.block)
-            request = limiter.exchange(now, first_id=first, mark_us=mark_us, epoch=self._new_epoch)
+            request = limiter.exchange(now, first_id=first, mark_us=mark_us, epoch=epoch)
             calls.append((limiter, request))
         try:
             grants = await self._log.exchange([request for _, request in calls])

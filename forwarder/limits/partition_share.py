@@ -151,10 +151,15 @@ class ShareLimiter:
         self._log: deque[Slot] = deque()
         share.watch(rate.window)
 
-    def delay(self, now: float) -> float:
+    def prune(self, now: float) -> None:
+        """Forget sends finished at least a window ago (up to the first still in flight)."""
         log, window = self._log, self.rate.window
         while log and (done := log[0].done_at) is not None and done + window <= now:
             log.popleft()
+
+    def delay(self, now: float) -> float:
+        self.prune(now)
+        log, window = self._log, self.rate.window
         if len(log) < self._share.count(self.rate, now):
             return 0.0
         wait = self._share.next_change(now, window) - now

@@ -17,10 +17,11 @@ Cost: `claim` is one pipelined round trip for a whole poll batch: the keys fall
 into 16 groups (a stable hash), each group one Redis Cluster hash slot, and one
 script call claims all of a group's keys. Delivered marks, releases and
 renewals are queued and written by a background task the same way, one pipeline
-per flush: nothing waits for Redis per event, and the client's per-command cost
-is paid per group, not per key. A crash loses at most the marks
-not yet flushed, a few milliseconds of deliveries, whose claims then lapse and
-whose events the next owner sends again.
+per flush (at most one every `MARK_LINGER`, 2 ms): nothing waits for Redis per
+event, and the client's per-command cost is paid per group and flush, not per
+key. A crash loses at most the marks not yet flushed, the last few milliseconds
+of deliveries, whose claims then lapse and whose events the next owner sends
+again.
 
 While Redis is unreachable (as this store or the limits last saw it: they share
 one `SharedStatus`) `claim` answers None at once (the caller relies on its local
@@ -47,6 +48,7 @@ from redis.exceptions import NoScriptError, RedisError
 from forwarder.shared.status import SharedStatus
 
 CLOSE_TIMEOUT = 1.0
+MARK_LINGER = 0.002
 
 BUCKETS = 16
 """Key groups, each in one Redis Cluster hash slot, so that one script call serves all
@@ -148,6 +150,7 @@ class SharedDedupe:
         self._marks: deque[tuple[str, float]] = deque(maxlen=max_pending)
         self._releases: list[str] = []
         self._retry_at = -math.inf
+        self._renew_at = -math.inf
         self._kick = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -243,6 +246,11 @@ class SharedDedupe:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wake_at - now):
                         await self._kick.wait()
+            if self._kick.is_set() and self._status.up:
+                # Let the deliveries of the next moment join this write: one pipeline
+                # per few milliseconds, not one per delivery, is what keeps the fleet
+                # mode cheap; a crash forgets at most these milliseconds' marks.
+                await asyncio.sleep(MARK_LINGER)
             self._kick.clear()
             if self._closing:
                 return
@@ -264,8 +272,13 @@ class SharedDedupe:
         now = self._clock()
         marks = list(self._marks)
         releases = list(self._releases)
-        renew_before = now - self.claim_ttl / 3
-        renewals = [key for key, at in self._held.items() if at <= renew_before]
+        renewals: list[str] = []
+        if now >= self._renew_at:
+            # A pass over every held claim: only every third of the claim TTL, since a
+            # flush follows every delivery and there may be thousands of claims.
+            self._renew_at = now + self.claim_ttl / 3
+            renew_before = now - self.claim_ttl / 3
+            renewals = [key for key, at in self._held.items() if at <= renew_before]
         lifetimes = {
             key: max(1, math.floor((self._ttl - (now - at)) * 1000))
             for key, at in marks
