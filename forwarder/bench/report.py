@@ -83,7 +83,7 @@ def table(results: dict[str, Any]) -> str:
             f"{fwd['events_per_second']:,.0f}",
         ),
         _row(
-            "fleet: the same with FORWARDER_REDIS_URL (shared dedupe)",
+            "fleet: the same with FORWARDER_REDIS_URL",
             f"{results['fleet']['events_per_second']:,.0f}",
             f"fleet ÷ forwarder {ratios['fleet_vs_forwarder']:.2f}",
         ),
