@@ -25,8 +25,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     computed_field,
     field_validator,
@@ -173,6 +175,13 @@ class KafkaSettings(Section):
         ge=1,
         description="records consumed and unfinished before fetching pauses",
     )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024,
+        alias="max_buffered_bytes",
+        ge=1024,
+        description="bytes of records (values and keys) consumed and unfinished before"
+        " fetching pauses",
+    )
     commit_interval_seconds: float = Field(
         1.0,
         alias="commit_interval_seconds",
@@ -214,7 +223,9 @@ class LegitiSinkSettings(SinkCommon):
     """Legiti's `track_auth` REST API, called directly."""
 
     kind: Literal["legiti"] = Field(
-        "legiti", alias="sink", description="where events go: legiti (the REST API)"
+        "legiti",
+        alias="sink",
+        description="where events go: legiti (the REST API) or mcp (Legiti's MCP tools)",
     )
     base_url: str = Field(
         alias="legiti_base_url", pattern=r"^https?://[^\s/]+", description="http(s)://host[:port]"
@@ -243,8 +254,52 @@ class LegitiSinkSettings(SinkCommon):
         return self
 
 
-SinkSettings = LegitiSinkSettings
-SINK_KINDS: dict[str, type[SinkCommon]] = {"legiti": LegitiSinkSettings}
+class McpSinkSettings(SinkCommon):
+    """Legiti's MCP tools, called over MCP's Streamable HTTP transport (through a gateway)."""
+
+    kind: Literal["mcp"] = Field("mcp", alias="sink")
+    url: str = Field(
+        alias="mcp_url",
+        pattern=r"^https?://[^\s/]+",
+        description="the MCP endpoint, e.g. https://gateway.example.com/mcp/<server-id>/",
+    )
+    token: OptionalSecret = Field(
+        None, alias="mcp_token", description="grant token for the gateway (secret)"
+    )
+    token_file: OptionalPath = Field(
+        None,
+        alias="mcp_token_file",
+        description="file holding the grant token, re-read when it changes",
+    )
+    login_tool: str = Field(
+        "track_login", alias="mcp_login_tool", min_length=1, description="tool for logins"
+    )
+    logout_tool: str = Field(
+        "track_logout", alias="mcp_logout_tool", min_length=1, description="tool for logouts"
+    )
+
+    @model_validator(mode="after")
+    def _at_most_one_token(self) -> McpSinkSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError(
+                "set at most one of mcp_token and mcp_token_file"
+                " (FORWARDER_MCP_TOKEN / FORWARDER_MCP_TOKEN_FILE)"
+            )
+        return self
+
+
+def _sink_tag(value: Any) -> str:
+    """Which sink a section is: its `sink` name, given or defaulted."""
+    if isinstance(value, dict):
+        return str(value.get("sink", value.get("kind", "legiti")))
+    return str(getattr(value, "kind", "legiti"))
+
+
+SinkSettings = Annotated[
+    Annotated[LegitiSinkSettings, Tag("legiti")] | Annotated[McpSinkSettings, Tag("mcp")],
+    Discriminator(_sink_tag),
+]
+SINK_KINDS: dict[str, type[SinkCommon]] = {"legiti": LegitiSinkSettings, "mcp": McpSinkSettings}
 
 
 class LimitSettings(Section):

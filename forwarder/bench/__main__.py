@@ -43,6 +43,9 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, Path
     )
     parser.add_argument("--backlog-rate", default="200/second")
     parser.add_argument("--backlog-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--mcp-events", type=int, default=5_000, help="records for the MCP sink's runs"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -50,6 +53,7 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, Path
         args.latency_seconds, args.latency_rate = 1.0, 200.0
         args.backlog_events, args.backlog_compare_events = 3_000, 1_000
         args.backlog_seconds = 4.0  # past the limit's start-up wait (window + timeout)
+        args.mcp_events = 200
     options = BenchOptions(
         events=args.events,
         runs=args.runs,
@@ -63,6 +67,7 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, Path
         backlog_rate=args.backlog_rate,
         backlog_seconds=args.backlog_seconds,
         log_dir=args.json.parent / "logs",
+        mcp_events=args.mcp_events,
     )
     return options, args.json
 

@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from forwarder.sandbox.broker import free_port
+from forwarder.sandbox.legiti import TOKEN
 from forwarder.sandbox.process import Child, clean_environment, wait_http
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -139,6 +140,47 @@ class SinkProcess:
 
     async def stop(self) -> None:
         await self._client.aclose()
+        await self.child.stop()
+
+
+class McpServerProcess:
+    """The sandbox MCP server (`forwarder.sandbox.mcp_server`, the official SDK's server)
+    in a process of its own, answering in JSON, in front of the Legiti stand-in at
+    `legiti_url`."""
+
+    def __init__(self, log_dir: Path, legiti_url: str) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "forwarder.sandbox.mcp_server",
+            "--json",
+            "--legiti",
+            legiti_url,
+            "--legiti-token",
+            TOKEN,
+        ]
+        env = {**clean_environment(), "PYTHONUNBUFFERED": "1"}
+        self.child = Child("mcp-server", argv, log_dir, env)
+        self.url = ""
+
+    async def start(self, within: float = 30.0) -> McpServerProcess:
+        """Wait for the `listening URL` line it prints once it serves."""
+        deadline = time.monotonic() + within
+        try:
+            while not self.url:
+                self.child.check_alive()
+                for line in self.child.output().splitlines():
+                    if line.startswith("listening "):
+                        self.url = line.removeprefix("listening ").strip()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the MCP server did not start; see {self.child.log_path}")
+                await asyncio.sleep(0.02)
+        except BaseException:
+            await self.child.stop()
+            raise
+        return self
+
+    async def stop(self) -> None:
         await self.child.stop()
 
 

@@ -10,6 +10,7 @@ TARGET_VS_NAIVE = 10.0
 TARGET_P99_MS = 50.0
 TARGET_BACKLOG_RSS_MB = 150.0
 TARGET_FLEET_VS_FORWARDER = 0.7
+TARGET_MCP_VS_AIOHTTP = 0.5
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +33,11 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "value": ratios["fleet_vs_forwarder"],
             "target": TARGET_FLEET_VS_FORWARDER,
             "met": ratios["fleet_vs_forwarder"] >= TARGET_FLEET_VS_FORWARDER,
+        },
+        "mcp_vs_mcp_aiohttp": {
+            "value": ratios["mcp_vs_mcp_aiohttp"],
+            "target": TARGET_MCP_VS_AIOHTTP,
+            "met": ratios["mcp_vs_mcp_aiohttp"] >= TARGET_MCP_VS_AIOHTTP,
         },
         "p99_latency_ms": {
             "value": results["latency"]["p99_ms"],
@@ -107,6 +113,24 @@ def table(results: dict[str, Any]) -> str:
             f"naive, one kept-alive httpx.Client ({_sent(results['naive_keepalive'])} events)",
             f"{results['naive_keepalive']['events_per_second']:,.0f}",
             f"{ratios['forwarder_vs_naive_keepalive']:.1f}",
+        ),
+        "",
+        _row(
+            f"MCP sink, SDK server in JSON ({results['mcp']['events']:,} records)",
+            f"{results['mcp']['forwarder']['events_per_second']:,.0f}",
+            f"{ratios['mcp_vs_rest']:.2f} of the REST sink's rate",
+        ),
+        _row(
+            "raw MCP ceiling (aiohttp, one session)",
+            f"{results['mcp']['aiohttp_ceiling']['events_per_second']:,.0f}",
+            f"{ratios['mcp_vs_mcp_aiohttp']:.2f} "
+            f"(median of pairs {results['mcp']['forwarder_vs_aiohttp_pairs']:.2f})",
+        ),
+        _row(
+            "MCP sink CPU per 1,000 records",
+            f"{results['mcp']['forwarder']['cpu_seconds_per_1000_events']:.3f} s",
+            f"raw MCP ceiling: "
+            f"{results['mcp']['aiohttp_ceiling']['cpu_seconds_per_1000_events']:.3f} s",
         ),
         "",
         _row(

@@ -3,7 +3,10 @@
 Runs are interleaved (forwarder, aiohttp ceiling, consume ceiling, naive; then
 again) so that a machine that slows down half-way skews all of them alike and
 the ratios stay honest; so are the latency runs (forwarder and reference relay,
-in turns going first). Every number is the median of `runs` runs.
+in turns going first), and the MCP runs (the forwarder with `FORWARDER_SINK=mcp`
+and aiohttp posting the same tool calls, through the sandbox MCP server answering
+in JSON, in front of the same Legiti stand-in). Every number is the median of
+`runs` runs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from forwarder import __version__
 from forwarder.bench.processes import (
     BenchError,
+    McpServerProcess,
     SinkProcess,
     cpu_seconds,
     delivery_rate,
@@ -58,6 +62,7 @@ from forwarder.sandbox.topics import create_topic
 from forwarder.sinks.legiti.client import idempotency_key
 
 SEED = 4
+MCP_PREFIX = "mcp-"
 MAX_IN_FLIGHT = 64
 FETCH_MAX_WAIT_MS = 10
 """Tansu holds an empty fetch until its wait runs out even when records arrive
@@ -94,6 +99,9 @@ class BenchOptions:
     backlog_rate: str = "200/second"
     backlog_seconds: float = 30.0
     log_dir: Path = field(default_factory=lambda: Path("bench-results/logs"))
+    mcp_events: int = 5_000
+    """Records for the MCP runs: the SDK's server takes a few hundred calls a second, so
+    the REST workload would take minutes a run."""
 
 
 def _unique(prefix: str) -> str:
@@ -243,6 +251,63 @@ class Bench:
         if stats["accepted"] != result["sent"]:
             raise BenchError(f"naive: {stats['accepted']} of {result['sent']} accepted")
         return {"events_per_second": delivery_rate(stats), "deliveries": stats["accepted"]}
+
+    # MCP ---------------------------------------------------------------------------------
+
+    async def mcp_forwarder_run(
+        self, index: int, topic: str, server: McpServerProcess, records: int, expected: int
+    ) -> dict[str, Any]:
+        """The forwarder with the MCP sink, draining `topic` through the MCP server; the
+        rate as Legiti saw it."""
+        await self.sink.reset()
+        name = f"forwarder-mcp-{index}"
+        async with self._forwarder(
+            name, topic, self.sink.url, sink="mcp", mcp_url=server.url
+        ) as forwarder:
+            await forwarder.wait_started()
+            cpu_at_start = cpu_seconds(forwarder.pid)
+            stats = await self.sink.wait_accepted(
+                expected, _allowance(records, floor_rate=50.0), watch=forwarder
+            )
+            cpu = cpu_seconds(forwarder.pid) - cpu_at_start
+            consumed, duplicates = await self._settled_counts(forwarder, records)
+            stats = await self.sink.stats()
+        return {
+            "exit_code": forwarder.returncode,
+            "events_per_second": delivery_rate(stats),
+            "deliveries": stats["accepted"],
+            "requests": stats["total"],
+            "consumed": consumed,
+            "duplicates": duplicates,
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_1000_events": cpu / records * 1000,
+        }
+
+    async def mcp_aiohttp_run(
+        self, index: int, server: McpServerProcess, expected: int
+    ) -> dict[str, Any]:
+        await self.sink.reset()
+        result = await run_worker(
+            self.log_dir,
+            f"mcp-aiohttp-{index}",
+            "forwarder.bench.workers",
+            {
+                "kind": "mcp_aiohttp",
+                "url": server.url,
+                "events": self.options.mcp_events,
+                "seed": SEED,
+                "prefix": MCP_PREFIX,
+                "concurrency": MAX_IN_FLIGHT,
+            },
+        )
+        stats = await self.sink.stats()
+        if stats["accepted"] != expected or result["failures"]:
+            raise BenchError(f"MCP aiohttp ceiling: {stats['accepted']} of {expected} accepted")
+        return {
+            "events_per_second": delivery_rate(stats),
+            "deliveries": stats["accepted"],
+            "cpu_seconds_per_1000_events": result["cpu_seconds"] / expected * 1000,
+        }
 
     # Latency ---------------------------------------------------------------------------
 
@@ -415,6 +480,37 @@ class Bench:
         }
 
 
+async def _mcp_runs(bench: Bench, options: BenchOptions) -> dict[str, Any]:
+    """The MCP sink and the raw MCP ceiling, in turns, on a topic of their own."""
+    records = list(generate(options.mcp_events, SEED, prefix=MCP_PREFIX))
+    expected = sum(not r.duplicate for r in records)
+    topic = _unique("bench-mcp")
+    await create_topic(bench.broker.bootstrap, topic, PARTITIONS)
+    produced, _ = await preload(bench.broker.bootstrap, topic, iter(records))
+    server = await McpServerProcess(options.log_dir, bench.sink.url).start()
+    forwarder, ceiling = [], []
+    try:
+        for index in range(options.runs):
+            forwarder.append(
+                await bench.mcp_forwarder_run(index, topic, server, produced, expected)
+            )
+            ceiling.append(await bench.mcp_aiohttp_run(index, server, expected))
+    finally:
+        await server.stop()
+    return {
+        "events": produced,
+        "deliveries": expected,
+        "forwarder": _summary(forwarder, "events_per_second", "cpu_seconds_per_1000_events"),
+        "aiohttp_ceiling": _summary(ceiling, "events_per_second", "cpu_seconds_per_1000_events"),
+        "forwarder_vs_aiohttp_pairs": _median(
+            [
+                f["events_per_second"] / a["events_per_second"]
+                for f, a in zip(forwarder, ceiling, strict=True)
+            ]
+        ),
+    }
+
+
 def _summary(runs: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
     return {key: _median([run[key] for run in runs]) for key in keys} | {"runs": runs}
 
@@ -460,6 +556,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
                 "peak_rss_mb",
                 "cpu_seconds_per_1000_events",
             )
+            mcp = await _mcp_runs(bench, options)
             rate = options.latency_rate or forwarder_summary["events_per_second"] / 2
             latency, relay = [], []
             for index in range(options.runs):
@@ -505,6 +602,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "consume_ceiling": _summary(consume, "events_per_second", "cpu_seconds_per_1000_events"),
         "naive": _summary(naive, "events_per_second"),
         "naive_keepalive": _summary(keepalive, "events_per_second"),
+        "mcp": mcp,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
     }
     fwd = results["forwarder"]["events_per_second"]
@@ -523,6 +621,9 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "forwarder_vs_consume": fwd / results["consume_ceiling"]["events_per_second"],
         # Same minutes, same topic: the forwarder with FORWARDER_REDIS_URL over without.
         "fleet_vs_forwarder": results["fleet"]["events_per_second"] / fwd,
+        "mcp_vs_mcp_aiohttp": mcp["forwarder"]["events_per_second"]
+        / mcp["aiohttp_ceiling"]["events_per_second"],
+        "mcp_vs_rest": mcp["forwarder"]["events_per_second"] / fwd,
     }
     if backlog is not None:
         results["backlog"] = backlog

@@ -7,6 +7,9 @@
   every value, and does nothing else.
 - `naive`: the forwarder most people write first: one record at a time, decode,
   `httpx.post`, commit.
+- `mcp_aiohttp`: the raw MCP ceiling. aiohttp initializes one MCP session with the
+  sandbox MCP server and posts exactly the `tools/call` bodies the forwarder sends
+  for the workload, on that session, at the same concurrency, and nothing else.
 - `relay`: the latency reference. aiokafka reads (with the forwarder's consumer
   settings and garbage-collector tuning), each record is decoded and its first copy
   posted by aiohttp, at the same concurrency, and nothing else: no order, no
@@ -32,7 +35,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from forwarder.bench.workload import Delivery, deliveries, generate
+from forwarder.bench.workload import Delivery, deliveries, generate, tool_calls
 from forwarder.config import KafkaSettings
 from forwarder.core.decode import CloudEventTypes, decode
 from forwarder.core.events import AuthEvent
@@ -40,6 +43,7 @@ from forwarder.runtime import install_signal_handlers, run_event_loop, tune_garb
 from forwarder.sandbox.legiti import TOKEN
 from forwarder.sandbox.settings import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 from forwarder.sinks.legiti.client import TRACK_AUTH_PATH, USER_AGENT, idempotency_key
+from forwarder.sinks.mcp import messages as mcp_messages
 
 MAX_POLL_RECORDS: int = KafkaSettings.model_fields["max_poll_records"].default
 READY = "ready"
@@ -81,6 +85,48 @@ async def aiohttp_ceiling(url: str, events: int, seed: int, concurrency: int) ->
     async with aiohttp.ClientSession(connector=connector) as session:
         posted = sum(await asyncio.gather(*(post_all(session) for _ in range(concurrency))))
     return {"posted": posted, "failures": failures, "cpu_seconds": time.process_time() - cpu}
+
+
+async def mcp_aiohttp_ceiling(
+    url: str, events: int, seed: int, prefix: str, concurrency: int
+) -> dict[str, Any]:
+    calls = tool_calls(list(generate(events, seed, prefix=prefix)))
+    bodies = iter(
+        mcp_messages.call_tool(number, tool, arguments)
+        for number, (tool, arguments) in enumerate(calls, start=2)
+    )
+    gc.collect()
+    gc.freeze()
+    failures = 0
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+    async def post_all(session: aiohttp.ClientSession, headers: dict[str, str]) -> int:
+        nonlocal failures
+        posted = 0
+        for body in bodies:
+            async with session.post(url, data=body, headers=headers) as response:
+                answer = orjson.loads(await response.read())
+                failures += response.status != 200 or answer["result"].get("isError", False)
+            posted += 1
+        return posted
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(url, data=mcp_messages.initialize(1), headers=accept) as response:
+            answer = orjson.loads(await response.read())
+            headers = {
+                **accept,
+                "MCP-Protocol-Version": answer["result"]["protocolVersion"],
+                "Mcp-Session-Id": response.headers["Mcp-Session-Id"],
+            }
+        async with session.post(url, data=mcp_messages.INITIALIZED, headers=headers) as response:
+            await response.read()
+        cpu = time.process_time()
+        posted = sum(
+            await asyncio.gather(*(post_all(session, headers) for _ in range(concurrency)))
+        )
+        cpu = time.process_time() - cpu
+    return {"posted": posted, "failures": failures, "cpu_seconds": cpu}
 
 
 async def consume_ceiling(bootstrap: str, topic: str, events: int) -> dict[str, Any]:
@@ -264,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     kind = arguments.pop("kind")
     runners: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
         "aiohttp": aiohttp_ceiling,
+        "mcp_aiohttp": mcp_aiohttp_ceiling,
         "consume": consume_ceiling,
         "naive": naive,
         "relay": relay,

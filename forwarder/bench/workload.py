@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from forwarder.core.decode import cloudevent_key
+from forwarder.core.decode import CloudEventTypes, cloudevent_key, decode
+from forwarder.core.events import AuthEvent
 from forwarder.sinks.legiti.client import idempotency_key
+from forwarder.sinks.mcp.messages import tool_arguments
 
 USERS = 5_000
 DUPLICATE_FRACTION = 0.02
@@ -164,6 +166,20 @@ def deliveries(records: list[BenchRecord]) -> list[Delivery]:
         for r in records
         if not r.duplicate
     ]
+
+
+def tool_calls(records: list[BenchRecord]) -> list[tuple[str, dict[str, object]]]:
+    """The MCP calls a correct forwarder makes for these records, one per original: the
+    tool and the arguments, decoded exactly as the forwarder decodes them."""
+    types = CloudEventTypes()
+    calls: list[tuple[str, dict[str, object]]] = []
+    for record in records:
+        if record.duplicate:
+            continue
+        event = decode(record.value, record.headers, types)
+        assert isinstance(event, AuthEvent), event
+        calls.append((event.action.tool, tool_arguments(event)))
+    return calls
 
 
 def _producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:

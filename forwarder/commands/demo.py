@@ -4,15 +4,22 @@ A local Kafka-compatible broker and a local Legiti stand-in are started, a few
 thousand synthetic events are published (with duplicates, malformed records and
 a user Legiti rejects, so every path shows up), and the same `Forwarder` that
 `forwarder run` uses moves them across while a progress line shows the counters.
+
+With `--sink mcp` the events go the MCP way instead: through a local gateway (grant
+token, a default-deny policy that limits logouts to a number per second, so some
+calls are refused and retried after the window) to a local MCP server built with
+the official SDK, which calls the same Legiti stand-in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -24,7 +31,9 @@ from forwarder.core.events import ActionType
 from forwarder.ops.logs import configure
 from forwarder.runtime import run_event_loop
 from forwarder.sandbox.broker import BrokerUnavailable, SandboxBroker, free_port
+from forwarder.sandbox.gateway import Gateway, GatewayPolicy
 from forwarder.sandbox.legiti import Faults, LegitiStub
+from forwarder.sandbox.mcp_server import McpServerStub
 from forwarder.sandbox.samples import Samples
 from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import Outgoing, create_topic, produce
@@ -33,7 +42,28 @@ TOPIC = "auth-events"
 PARTITIONS = 4
 USERS = 200
 REJECTED_USER = "user-rejected-by-legiti"
+DEMO_GRANT = "demo-grant"
+LOGOUTS_PER_SECOND = 50
+DEMO_POLICY = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "track_login": {},
+        "track_logout": {
+            "limits": [
+                {
+                    "counter": "logouts",
+                    "window": "second",
+                    "max": LOGOUTS_PER_SECOND,
+                    "scope": "grant",
+                }
+            ]
+        },
+    },
+}
 TIME_LIMIT = 50.0
+MCP_TIME_LIMIT = 150.0
+"""The MCP way runs the gateway and the server in this process too, and is throttled."""
 
 Message = tuple[bytes | None, list[tuple[str, bytes]]]
 
@@ -142,15 +172,63 @@ def _snapshot(samples: Samples) -> dict[str, int]:
     }
 
 
-async def _demo(events: int, metrics_port: int) -> int:
+@dataclass
+class Sandbox:
+    """The far end the demo's events go to: the settings that point the forwarder at it
+    (public names in lower case, as `sandbox_env` takes them), and the summary lines it
+    adds."""
+
+    legiti: LegitiStub
+    settings: dict[str, str]
+    summary: Callable[[], list[str]]
+
+
+@contextlib.asynccontextmanager
+async def _far_end(sink: str) -> AsyncIterator[Sandbox]:
+    faults = Faults(error_rate=0.01, reject_user_ids={REJECTED_USER}, seed=3)
+    async with LegitiStub(faults=faults) as legiti:
+        if sink == "legiti":
+            yield Sandbox(legiti, {}, list)
+            return
+        async with (
+            McpServerStub(legiti.url) as server,
+            Gateway(
+                server.url, GatewayPolicy.parse(DEMO_POLICY), frozenset({DEMO_GRANT})
+            ) as gateway,
+        ):
+
+            def summary() -> list[str]:
+                lines = [
+                    f"  mcp calls {tool:<14}{server.calls[tool]}" for tool in sorted(server.calls)
+                ]
+                for tool in sorted(gateway.denials):
+                    lines.append(
+                        f"  denied {tool:<17}{gateway.denials[tool]}"
+                        f" ({gateway.rate_limited[tool]} over {LOGOUTS_PER_SECOND}/second,"
+                        " retried after the window)"
+                    )
+                lines.append(f"  mcp sessions        {gateway.sessions_started}")
+                lines.append(
+                    f"  mcp calls at once   {server.most_in_flight} at most, over one session"
+                )
+                return lines
+
+            settings = {"sink": "mcp", "mcp_url": gateway.url, "mcp_token": DEMO_GRANT}
+            yield Sandbox(legiti, settings, summary)
+
+
+async def _demo(events: int, metrics_port: int, sink: str) -> int:
     plan = synthetic_events(events)
     total = len(plan.messages)
-    print(
-        f"starting a local Kafka-compatible broker and a local Legiti API (total {total} records)"
+    far_end = (
+        "a local Legiti API"
+        if sink == "legiti"
+        else "a local MCP gateway, MCP server and Legiti API"
     )
+    print(f"starting a local Kafka-compatible broker and {far_end} (total {total} records)")
     with SandboxBroker() as broker:
-        faults = Faults(error_rate=0.01, reject_user_ids={REJECTED_USER}, seed=3)
-        async with LegitiStub(faults=faults) as legiti:
+        async with _far_end(sink) as sandbox:
+            legiti = sandbox.legiti
             await _publish(broker.bootstrap, plan)
             print(
                 f"published {total} records to {TOPIC!r} ({PARTITIONS} partitions): "
@@ -163,19 +241,21 @@ async def _demo(events: int, metrics_port: int) -> int:
                 kafka_group_id="forwarder-demo",
                 metrics_port=metrics_port,
                 log_level="ERROR",
+                **sandbox.settings,
             )
             forwarder = Forwarder(load_settings(env))
             stop = asyncio.Event()
             task = asyncio.create_task(forwarder.run(stop))
             started = time.monotonic()
-            busy = await _progress(forwarder, total, started, task)
+            limit = TIME_LIMIT if sink == "legiti" else MCP_TIME_LIMIT
+            busy = await _progress(forwarder, total, started, task, limit)
             stop.set()
             await task
-            return _summary(forwarder, legiti, busy, total)
+            return _summary(forwarder, legiti, busy, total, sandbox.summary())
 
 
 async def _progress(
-    forwarder: Forwarder, total: int, started: float, task: asyncio.Task[None]
+    forwarder: Forwarder, total: int, started: float, task: asyncio.Task[None], limit: float
 ) -> float:
     """Show the counters until every record is finished; return seconds spent working
     (from the first record consumed, so the group join is not counted)."""
@@ -205,12 +285,14 @@ async def _progress(
         if task.done():
             task.result()
             raise RuntimeError("the forwarder stopped before the demo finished")
-        if now - started > TIME_LIMIT:
-            raise TimeoutError(f"the demo did not finish within {TIME_LIMIT:.0f}s")
+        if now - started > limit:
+            raise TimeoutError(f"the demo did not finish within {limit:.0f}s")
         await asyncio.sleep(0.1)
 
 
-def _summary(forwarder: Forwarder, legiti: LegitiStub, elapsed: float, total: int) -> int:
+def _summary(
+    forwarder: Forwarder, legiti: LegitiStub, elapsed: float, total: int, sink_lines: list[str]
+) -> int:
     samples = Samples.of_registry(forwarder.metrics.registry)
     snap = _snapshot(samples)
     print("\nsummary")
@@ -223,7 +305,10 @@ def _summary(forwarder: Forwarder, legiti: LegitiStub, elapsed: float, total: in
         value = int(samples.value("forwarder_events_dead_lettered_total", reason=reason))
         if value:
             print(f"  dead-lettered {reason:<18}{value}")
-    print(f"  retries             {snap['retries']} (injected 503s, all recovered)")
+    retried = "injected 503s" if not sink_lines else "injected 503s and rate-limit denials"
+    print(f"  retries             {snap['retries']} ({retried}, all recovered)")
+    for line in sink_lines:
+        print(line)
     print(f"  legiti accepted     {len(legiti.accepted)} requests")
     rate = total / elapsed
     print(
@@ -235,13 +320,13 @@ def _summary(forwarder: Forwarder, legiti: LegitiStub, elapsed: float, total: in
     return 0 if ok else 1
 
 
-def run_demo(events: int, metrics_port: int) -> int:
+def run_demo(events: int, metrics_port: int, sink: str = "legiti") -> int:
     configure("ERROR", "console")
     port = metrics_port
     if port and not _port_free(port):
         port = free_port()
     try:
-        result: int = run_event_loop(_demo(events, port))
+        result: int = run_event_loop(_demo(events, port, sink))
     except BrokerUnavailable as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -23,23 +23,25 @@ from forwarder.engine.pipeline import Pipeline
 from forwarder.engine.shared_keys import KeyGate, LocalKeys, SharedKeys
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
-from forwarder.kafka.source import KafkaSource
+from forwarder.kafka.source import CLOSE_STEP_TIMEOUT, COMMIT_TIMEOUT, KafkaSource
 from forwarder.limits.backend import LimiterBackend
 from forwarder.limits.fleet import FleetLimits
 from forwarder.limits.partition_share import ShareLimits
 from forwarder.limits.shared_log import SharedLog
 from forwarder.ops.health import HealthServer
-from forwarder.ops.logs import get_logger, register_secret
+from forwarder.ops.logs import RepeatSuppressor, get_logger, register_secret
 from forwarder.ops.metrics import Metrics
 from forwarder.runtime import install_signal_handlers
 from forwarder.shared.connection import redis_target
 from forwarder.shared.dedupe import SharedDedupe
 from forwarder.shared.status import SharedStatus
-from forwarder.sinks.base import Sink
+from forwarder.sinks.base import Sink, SinkMisconfigured
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
+from forwarder.sinks.outcome import Misconfigured
 
 TOKEN_CHECK_INTERVAL = 1.0
+TOKEN_ERROR_LOG_PERIOD = 60.0
 REDIS_TIMEOUT = 1.0
 """Connecting to Redis and each reply: past it, the replica falls back to its share."""
 T = TypeVar("T")
@@ -137,8 +139,9 @@ class Forwarder:
         self.metrics = Metrics()
         if settings.kafka.sasl_password is not None:
             register_secret(settings.kafka.sasl_password.get_secret_value())
+        self.policy = load_policy_file(settings.limits)
         try:
-            built = build_sink(settings.sink)
+            built = build_sink(settings.sink, self.policy)
         except SinkSetupError as exc:
             raise StartupError(str(exc)) from exc
         self._own_sink = sink is None
@@ -146,7 +149,6 @@ class Forwarder:
         self.credentials: TokenSource | None = built.credentials
         self._sink_description = built.describe
         self._dead_letters = dead_letters
-        self.policy = load_policy_file(settings.limits)
         self.limits, self.keys, self._shared = fleet_parts(settings, self.metrics)
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
@@ -189,8 +191,16 @@ class Forwarder:
 
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        # A revoked partition's requests end within the HTTP timeout: wait that long for
+        # them (never past the shutdown timeout), inside a rebalance timeout that also
+        # leaves room for the commit after it.
+        settle_timeout = min(
+            settings.ops.shutdown_timeout_seconds, settings.sink.http_timeout_seconds + 1.0
+        )
         try:
-            consumer_kwargs = consumer_options(settings.kafka)
+            consumer_kwargs = consumer_options(
+                settings.kafka, rebalance_timeout=settle_timeout + COMMIT_TIMEOUT + 2.0
+            )
             producer_kwargs = producer_options(settings.kafka)
         except KafkaSecretError as exc:
             raise StartupError(str(exc)) from exc
@@ -213,6 +223,7 @@ class Forwarder:
                 decode=settings.decode,
                 max_in_flight=settings.sink.max_in_flight,
                 max_buffered=settings.kafka.max_buffered_events,
+                max_buffered_bytes=settings.kafka.max_buffered_bytes,
             )
             self.pipeline = pipeline
             consumer = await start_with_retry(
@@ -229,10 +240,16 @@ class Forwarder:
                 pipeline,
                 self.metrics,
                 settings.kafka.commit_interval_seconds,
+                max_poll_records=settings.kafka.max_poll_records,
+                settle_timeout=settle_timeout,
                 rebalanced=self.limits.rebalanced,
             )
             self.source = source
-            await self.sink.open()
+            try:
+                await self.sink.open()
+            except SinkMisconfigured as exc:
+                # Not ready and nothing sent: the first send after the pause probes again.
+                pipeline.gate.misconfigured(Misconfigured("open", str(exc)), time.monotonic())
             await self.limits.start(pipeline.wake)
             await self.keys.start()
             pipeline.start()
@@ -250,19 +267,29 @@ class Forwarder:
                     "forwarder stopped", drained=drained, committed=pipeline.committable()
                 )
         finally:
-            await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), CLOSE_STEP_TIMEOUT)
+            except TimeoutError:
+                self._log.warning("stopping the dead-letter producer timed out")
 
     async def _watch_credentials(self, stop: asyncio.Event, pipeline: Pipeline) -> None:
         credentials = self.credentials
         if credentials is None or credentials.path is None:
             return
+        token_errors = RepeatSuppressor(TOKEN_ERROR_LOG_PERIOD)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TOKEN_CHECK_INTERVAL)
             try:
                 changed = credentials.refresh()
             except TokenError as exc:
-                self._log.error("cannot re-read the API token file", error=str(exc))
+                suppressed = token_errors.allow("token-file", time.monotonic())
+                if suppressed is not None:
+                    self._log.error(
+                        "cannot re-read the API token file; the last token stays in use",
+                        error=str(exc),
+                        suppressed=suppressed,
+                    )
                 continue
             if changed:
                 self._log.info("API token file changed; using the new token")

@@ -102,10 +102,14 @@ def _native(document: dict[str, Any]) -> AuthEvent:
         action = ActionType.LOGIN_SUCCESS if success else ActionType.LOGIN_FAILURE
     else:
         raise _Reject(INVALID_EVENT, f"field 'type' must be 'login' or 'logout', got {kind!r}")
-    occurred_at = document.get("occurred_at")
-    if occurred_at is not None:
-        _check_timestamp(occurred_at, "occurred_at")
-    return AuthEvent(event_id, _user_id(document.get("user_id"), "user_id"), action)
+    return AuthEvent(
+        event_id,
+        _user_id(document.get("user_id"), "user_id"),
+        action,
+        _optional_string(document, "ip", "ip"),
+        _optional_string(document, "user_agent", "user_agent"),
+        _timestamp(document.get("occurred_at"), "occurred_at"),
+    )
 
 
 def _structured_cloudevent(document: dict[str, Any], types: CloudEventTypes) -> AuthEvent:
@@ -116,13 +120,19 @@ def _structured_cloudevent(document: dict[str, Any], types: CloudEventTypes) -> 
     ce_id = _non_empty_string(document, "id")
     source = _non_empty_string(document, "source")
     action = _ce_action(_non_empty_string(document, "type"), types)
-    if "time" in document:
-        _check_timestamp(document["time"], "time")
+    if "time" in document and document["time"] is None:
+        raise _Reject(INVALID_EVENT, "field 'time' must be an RFC 3339 timestamp string")
+    timestamp = _timestamp(document.get("time"), "time")
     data = document.get("data")
     if not isinstance(data, dict):
         raise _Reject(INVALID_EVENT, "CloudEvent 'data' must be a JSON object with 'user_id'")
     return AuthEvent(
-        cloudevent_key(source, ce_id), _user_id(data.get("user_id"), "data.user_id"), action
+        cloudevent_key(source, ce_id),
+        _user_id(data.get("user_id"), "data.user_id"),
+        action,
+        _optional_string(data, "ip", "data.ip"),
+        _optional_string(data, "user_agent", "data.user_agent"),
+        timestamp,
     )
 
 
@@ -144,12 +154,26 @@ def _binary_cloudevent(
             INVALID_EVENT, f"unsupported CloudEvents specversion {attributes['specversion']!r}"
         )
     action = _ce_action(attributes["type"], types)
+    timestamp = _binary_time(ce.get("time"))
     data = _json_object(value)
     return AuthEvent(
         cloudevent_key(attributes["source"], attributes["id"]),
         _user_id(data.get("user_id"), "user_id"),
         action,
+        _optional_string(data, "ip", "ip"),
+        _optional_string(data, "user_agent", "user_agent"),
+        timestamp,
     )
+
+
+def _binary_time(raw: bytes | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reject(INVALID_EVENT, "header ce_time is not valid UTF-8") from None
+    return _timestamp(text, "ce_time")
 
 
 def cloudevent_key(source: str, ce_id: str) -> str:
@@ -186,7 +210,19 @@ def _user_id(value: object, name: str) -> str:
     return value
 
 
-def _check_timestamp(value: object, name: str) -> None:
+def _optional_string(document: dict[str, Any], field: str, name: str) -> str | None:
+    """What the event says about the attempt (`ip`, `user_agent`): absent or null is None;
+    anything but a string is refused, as a wrong `occurred_at` is, rather than dropped."""
+    value = document.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    raise _Reject(INVALID_EVENT, f"field {name!r} must be a string, got {value!r}")
+
+
+def _timestamp(value: object, name: str) -> float | None:
+    """An RFC 3339 timestamp as Unix seconds; None when the event has none."""
+    if value is None:
+        return None
     if not isinstance(value, str):
         raise _Reject(INVALID_EVENT, f"field {name!r} must be an RFC 3339 timestamp string")
     try:
@@ -200,3 +236,4 @@ def _check_timestamp(value: object, name: str) -> None:
         raise _Reject(
             INVALID_EVENT, f"field {name!r} needs a date, a time and an offset: {value!r}"
         )
+    return parsed.timestamp()

@@ -44,11 +44,17 @@ class SourceRecord(NamedTuple):
 
 
 class AuthEvent(NamedTuple):
-    """One `track_auth` call to make. `key` de-duplicates and becomes the Idempotency-Key."""
+    """One `track_auth` call to make. `key` de-duplicates and becomes the Idempotency-Key.
+
+    `ip`, `user_agent` and `timestamp` (Unix seconds) are what the event said about the
+    attempt, None when it did not say; the MCP tools take them, the REST API does not."""
 
     key: str
     user_id: str
     action: ActionType
+    ip: str | None = None
+    user_agent: str | None = None
+    timestamp: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

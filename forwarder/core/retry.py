@@ -10,10 +10,12 @@ the same instant and knocks the recovering service over again.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 MAX_RETRY_AFTER = 3600.0
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 @dataclass(slots=True)
@@ -42,7 +44,9 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isascii() and text.isdigit():
+    if _DELTA_SECONDS.fullmatch(text):
+        # RFC 9110 says whole seconds; gateways send "1.5" too, and ignoring it would
+        # turn a polite pause into the default backoff.
         return min(float(text), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(text)

@@ -38,6 +38,7 @@ def build_pipeline(
     decode: DecodeSettings | None = None,
     max_in_flight: int = 64,
     max_buffered: int = 10_000,
+    max_buffered_bytes: int = 64 * 1024 * 1024,
     clock: Callable[[], float] = time.monotonic,
 ) -> Pipeline:
     retry = retry or RetrySettings()
@@ -62,6 +63,7 @@ def build_pipeline(
         ),
         max_in_flight=max_in_flight,
         max_buffered=max_buffered,
+        max_buffered_bytes=max_buffered_bytes,
         keys=keys,
         clock=clock,
     )

@@ -60,6 +60,7 @@ class Pipeline:
         cloudevent_types: CloudEventTypes,
         max_in_flight: int,
         max_buffered: int,
+        max_buffered_bytes: int,
         keys: KeyGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -77,6 +78,7 @@ class Pipeline:
         self._types = cloudevent_types
         self.max_in_flight = max_in_flight
         self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
         self._clock = clock
         self._wall = wall_clock
         self._log = get_logger("forwarder.engine.pipeline")
@@ -92,6 +94,9 @@ class Pipeline:
         self._senders: list[asyncio.Task[None]] = []
         self._idle: list[asyncio.Future[tuple[Job, Ticket] | None]] = []
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._settling: set[Partition] = set()
+        self._settling_all = False
         self._dispatching = False
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -110,8 +115,14 @@ class Pipeline:
         self._wake.set()
 
     async def drain(self, grace: float) -> bool:
-        """Stop sending new events and wait for answers to those already sent and for
-        pending dead-letter writes. Returns False if the timeout cut it short."""
+        """Finish what a clean stop must: the answers to requests under way, the events
+        consumed ahead of delivered ones (so that nothing delivered lies beyond the
+        offsets committed next, and the next owner re-sends nothing), and pending
+        dead-letter writes; then stop. Returns False if `grace` cut it short."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self._settling_all = True
+        settled = await self._settle_until(None, deadline)
         self._dispatching = False
         self._wake.set()
         if self._dispatcher is not None:
@@ -120,8 +131,6 @@ class Pipeline:
             if not handoff.done():
                 handoff.set_result(None)
         self._idle.clear()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
         # An answer that comes in meanwhile may start a dead-letter write: wait for it too.
         while (
             pending := {task for task in self._senders if not task.done()}
@@ -135,7 +144,43 @@ class Pipeline:
                 task.cancel()
             await asyncio.wait(pending)
             return False
+        return settled
+
+    async def settle(self, partitions: set[Partition], within: float) -> bool:
+        """Before these partitions are revoked: wait for their requests under way and send
+        the events consumed ahead of delivered ones, while other partitions flow on.
+        Returns False if `within` seconds ran out first."""
+        self._settling |= partitions
+        try:
+            return await self._settle_until(partitions, asyncio.get_running_loop().time() + within)
+        finally:
+            self._settling -= partitions
+
+    async def _settle_until(self, partitions: set[Partition] | None, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        self._wake.set()
+        while not self._settled(partitions):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
         return True
+
+    def _settled(self, partitions: set[Partition] | None) -> bool:
+        for partition, offsets in self._partitions.items():
+            if partitions is not None and partition not in partitions:
+                continue
+            if offsets.in_flight or not offsets.settled:
+                return False
+        return True
+
+    def _settling_job(self, job: Job) -> bool:
+        """Whether the job's partition is being settled (a revocation or the shutdown)."""
+        return self._settling_all or (
+            bool(self._settling) and (job.record.topic, job.record.partition) in self._settling
+        )
 
     # Partitions and offsets ------------------------------------------------------
 
@@ -168,10 +213,21 @@ class Pipeline:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(offsets.held_bytes for offsets in self._partitions.values())
+
+    def has_room(self, fraction: float) -> bool:
+        """Whether what is held is within `fraction` of both bounds (records and bytes)."""
+        return (
+            self.buffered <= self.max_buffered * fraction
+            and self.buffered_bytes <= self.max_buffered_bytes * fraction
+        )
+
     def should_pause(self) -> bool:
         buffered = self.buffered
         self._metrics.buffered.set(buffered)
-        return buffered >= self.max_buffered
+        return buffered >= self.max_buffered or self.buffered_bytes >= self.max_buffered_bytes
 
     # Intake -------------------------------------------------------------------------
 
@@ -200,8 +256,9 @@ class Pipeline:
         offsets = self._partitions.get(partition)
         if offsets is None:
             offsets = self._partitions[partition] = PartitionOffsets()
+        size = _size(record)
         try:
-            offsets.track(record.offset)
+            offsets.track(record.offset, size)
         except ValueError:
             # The consumer went back (an offset reset): what is tracked is stale.
             self._log.warning(
@@ -211,7 +268,7 @@ class Pipeline:
                 offset=record.offset,
             )
             offsets = self._partitions[partition] = PartitionOffsets()
-            offsets.track(record.offset)
+            offsets.track(record.offset, size)
         self._metrics.consumed.inc()
         decoded = decode(record.value, record.headers, self._types)
         if isinstance(decoded, Invalid):
@@ -266,6 +323,10 @@ class Pipeline:
                 return max(min(wait, halted), 0.001)
             candidates.sort()  # oldest first; sequence numbers are unique, so jobs never compare
             for _, tool, job in candidates:
+                if self._settling_job(job) and not job.offsets.finished_after(job.record.offset):
+                    # Nothing delivered after it: the next owner reads it again, unsent.
+                    self._abandon(self._scheduler.take(tool), now)
+                    break
                 if tool in self._denied_tools:
                     self._fail(self._scheduler.take(tool), dl.DENIED_BY_POLICY, _DENIED_DETAIL)
                     break
@@ -297,6 +358,7 @@ class Pipeline:
         )
         job.limited_since = None
         self._in_flight += 1
+        job.offsets.in_flight += 1
         self._idle.pop().set_result((job, ticket))
 
     async def _sender_loop(self) -> None:
@@ -315,8 +377,11 @@ class Pipeline:
                 return
             try:
                 await self._send(*work)
-            except Exception:  # a bug must not take a sender away for good
+            except Exception:  # a bug must not take a sender away for good, nor an event
                 self._log.exception("sender error; continuing")
+                job = work[0]
+                if job.in_flight:  # no outcome was applied: send it again later
+                    self._retry_at(job, self._clock() + self._retry_policy.backoff.delay(1))
 
     async def _send(self, job: Job, ticket: Ticket) -> None:
         try:
@@ -333,7 +398,9 @@ class Pipeline:
         finally:
             self.gate.finish(ticket, self._clock())
             self._in_flight -= 1
+            job.offsets.in_flight -= 1
             self._wake.set()
+            self._progress.set()
         now = self._clock()
         code = outcome.code
         requests = self._requests_by_code.get(code)
@@ -343,7 +410,7 @@ class Pipeline:
         requests.inc()
         self._metrics.sink_duration.observe(now - ticket.sent_at)
         job.attempts += 1
-        self.gate.observe(outcome, ticket, now, self._in_flight)
+        outcome = self.gate.observe(outcome, ticket, now, self._in_flight, job.event.user_id)
         if isinstance(outcome, Delivered):
             self._delivered(job, now)
         elif isinstance(outcome, Retry):
@@ -429,6 +496,12 @@ class Pipeline:
         for duplicate in duplicates:
             self._finish_duplicate(duplicate)
 
+    def _abandon(self, job: Job, now: float) -> None:
+        """Give a job up unsent while its partition settles: its offset stays unfinished
+        (so it is read again), its key and its lane are released."""
+        for duplicate in self._scheduler.complete(job, delivered=False, now=now):
+            self._finish_duplicate(duplicate)
+
     # Finishing -----------------------------------------------------------------------
 
     def _finish_duplicate(self, job: Job) -> None:
@@ -444,10 +517,10 @@ class Pipeline:
             self._log.debug("duplicate event delivered by the group", **self._fields(job))
         self._finish(job.record, job.offsets, job.cancelled)
 
-    @staticmethod
-    def _finish(record: SourceRecord, offsets: PartitionOffsets, cancelled: bool) -> None:
+    def _finish(self, record: SourceRecord, offsets: PartitionOffsets, cancelled: bool) -> None:
         if not cancelled:
-            offsets.finish(record.offset)
+            offsets.finish(record.offset, _size(record))
+            self._progress.set()
 
     def _dead_letter(
         self,
@@ -469,13 +542,18 @@ class Pipeline:
             key=key,
             status=status,
             body=body,
-            on_written=lambda: offsets.finish(record.offset),
+            on_written=lambda: self._finish(record, offsets, False),
         )
 
     @staticmethod
     def _fields(job: Job) -> dict[str, object]:
         record = job.record
         return event_fields(record.topic, record.partition, record.offset, job.event.key)
+
+
+def _size(record: SourceRecord) -> int:
+    """What a held record costs in memory, near enough: its value and key."""
+    return len(record.value or b"") + len(record.key or b"")
 
 
 _DENIED_DETAIL = "the gateway denied this tool to an earlier call; not sent again"

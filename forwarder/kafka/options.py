@@ -60,12 +60,20 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def consumer_options(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
+def consumer_options(
+    kafka: KafkaSettings, group_id: str | None = None, rebalance_timeout: float | None = None
+) -> dict[str, Any]:
     """The forwarder's consumer; `group_id` replaces the configured group for a tool that
-    reads as a group of its own (a dead-letter replay)."""
+    reads as a group of its own (a dead-letter replay). `rebalance_timeout` (seconds,
+    never below the session timeout) is how long the group waits for a member's revoke
+    callback: the forwarder spends it letting the revoked partitions' requests finish."""
+    rebalance_ms = kafka.session_timeout_ms
+    if rebalance_timeout is not None:
+        rebalance_ms = max(rebalance_ms, int(rebalance_timeout * 1000))
     return {
         **client_options(kafka),
         "group_id": group_id or kafka.group_id,
+        "rebalance_timeout_ms": rebalance_ms,
         "enable_auto_commit": False,
         "auto_offset_reset": kafka.auto_offset_reset,
         "max_poll_records": kafka.max_poll_records,

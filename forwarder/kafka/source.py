@@ -13,30 +13,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from forwarder.core.events import SourceRecord
 from forwarder.engine.pipeline import Pipeline
+from forwarder.kafka.records import to_record
 from forwarder.ops.logs import RepeatSuppressor, get_logger
 from forwarder.ops.metrics import Metrics
 
 POLL_TIMEOUT_MS = 100
 RESUME_FRACTION = 0.5
-
-
-def to_record(message: Any) -> SourceRecord:
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=tuple(message.headers or ()),
-        timestamp_ms=message.timestamp,
-    )
+COMMIT_TIMEOUT = 5.0
+"""aiokafka retries a commit forever on retriable errors (a deleted topic, a coordinator
+that does not come back); bounded, a stuck commit is counted and tried at the next tick
+instead of holding the lock that the rebalance callback and shutdown wait for."""
+CLOSE_STEP_TIMEOUT = 3.0
+"""The final commit and leaving the group each get this long at shutdown, so that a
+stop always ends within FORWARDER_SHUTDOWN_TIMEOUT_SECONDS plus a few of these."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -58,17 +52,23 @@ class KafkaSource:
         pipeline: Pipeline,
         metrics: Metrics,
         commit_interval: float,
+        *,
+        max_poll_records: int,
+        settle_timeout: float,
         rebalanced: Callable[[int, int, float], None] | None = None,
     ) -> None:
-        """`rebalanced(assigned, total, now)` hears of every change of assignment: how
-        many partitions this member holds of all the subscribed topics' (the limits
-        split by partition share use it)."""
+        """`settle_timeout`: how long a revocation waits for the revoked partitions'
+        sends (within the group's rebalance timeout). `rebalanced(assigned, total, now)`
+        hears of every change of assignment: how many partitions this member holds of
+        all the subscribed topics' (the limits split by partition share use it)."""
         self._consumer: AIOKafkaConsumer | None = consumer
         self._topics = topics
         self._rebalanced = rebalanced
         self._pipeline = pipeline
         self._metrics = metrics
         self._commit_interval = commit_interval
+        self._max_poll_records = max_poll_records
+        self._settle_timeout = settle_timeout
         self._committed: dict[tuple[str, int], int] = {}
         self._commit_lock = asyncio.Lock()
         self._paused = False
@@ -80,17 +80,28 @@ class KafkaSource:
     # Main loop --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set; then pause everything and return (the caller drains)."""
+        """Poll until `stop` is set; then pause everything and return (the caller drains).
+
+        Each poll races the stop signal: while the group rebalances, `getmany` can wait
+        for the new assignment far longer than its timeout, and SIGTERM must not."""
         assert self._consumer is not None
         consumer = self._consumer
         committer = asyncio.create_task(self._commit_loop(stop), name="committer")
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
             while not stop.is_set():
                 self._apply_backpressure(consumer)
+                poll = asyncio.ensure_future(
+                    consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records())
+                )
+                await asyncio.wait((poll, stopping), return_when=asyncio.FIRST_COMPLETED)
+                if not poll.done():
+                    poll.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                        await poll
+                    break
                 try:
-                    batch = await consumer.getmany(
-                        timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records()
-                    )
+                    batch = poll.result()
                 except KafkaError as exc:
                     self._warn("kafka poll failed; retrying", exc)
                     with contextlib.suppress(TimeoutError):
@@ -101,22 +112,24 @@ class KafkaSource:
                         [to_record(message) for messages in batch.values() for message in messages]
                     )
         finally:
+            stopping.cancel()
             consumer.pause(*consumer.assignment())
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
 
     def _max_records(self) -> int:
-        return max(1, self._pipeline.max_buffered - self._pipeline.buffered)
+        """`getmany(max_records=…)` overrides the consumer's own `max_poll_records`, so
+        the setting is applied here, with the room left in the buffer."""
+        room = self._pipeline.max_buffered - self._pipeline.buffered
+        return max(1, min(self._max_poll_records, room))
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
         full = self._pipeline.should_pause()
         if full and not self._paused:
             self._paused = True
             self._log.debug("pipeline full; partitions paused", buffered=self._pipeline.buffered)
-        elif self._paused and self._pipeline.buffered <= (
-            self._pipeline.max_buffered * RESUME_FRACTION
-        ):
+        elif self._paused and self._pipeline.has_room(RESUME_FRACTION):
             self._paused = False
             consumer.resume(*consumer.assignment())
         if self._paused:
@@ -135,7 +148,9 @@ class KafkaSource:
             except Exception as exc:  # commits must outlive any one failure
                 self._warn("offset commit loop error; continuing", exc)
 
-    async def commit(self, only: set[tuple[str, int]] | None = None) -> None:
+    async def commit(
+        self, only: set[tuple[str, int]] | None = None, within: float = COMMIT_TIMEOUT
+    ) -> None:
         """Commit every partition's finished prefix that moved since the last commit."""
         consumer = self._consumer
         if consumer is None:
@@ -149,8 +164,11 @@ class KafkaSource:
             if not offsets:
                 return
             try:
-                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
-            except (CommitFailedError, KafkaError) as exc:
+                await asyncio.wait_for(
+                    consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()}),
+                    within,
+                )
+            except (CommitFailedError, KafkaError, TimeoutError) as exc:
                 self._metrics.commits.labels(result="failed").inc()
                 self._warn("offset commit failed; will retry", exc)
                 return
@@ -178,8 +196,22 @@ class KafkaSource:
     # Rebalance ------------------------------------------------------------------------
 
     async def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Commit what is finished before the partitions move, then forget them."""
+        """Before the partitions move: let their sends under way be answered and send
+        what was consumed ahead of delivered events (bounded by the settle timeout, inside
+        the rebalance timeout), commit what is finished, then forget them. The new owner
+        then starts after everything this member delivered, and never sends a user's
+        next event while this member's request for the previous one is on the wire."""
         partitions = {(tp.topic, tp.partition) for tp in revoked}
+        self.in_group = False
+        if partitions:
+            settled = await self._pipeline.settle(partitions, self._settle_timeout)
+            if not settled:
+                self._log.warning(
+                    "revoked partitions not settled within the timeout; their unfinished"
+                    " events will be read again by the new owner",
+                    timeout_seconds=self._settle_timeout,
+                )
+        # After the settling sends (nobody else holds the partitions before this returns).
         self._share_changed(exclude=partitions)
         await self.commit(partitions)
         self._pipeline.revoke(partitions)
@@ -225,9 +257,12 @@ class KafkaSource:
         consumer = self._consumer
         if consumer is None:
             return
-        await self.commit()
+        await self.commit(within=CLOSE_STEP_TIMEOUT)
         self.in_group = False
-        await consumer.stop()
+        try:
+            await asyncio.wait_for(consumer.stop(), CLOSE_STEP_TIMEOUT)
+        except TimeoutError:
+            self._log.warning("leaving the group timed out; the group will expire this member")
         self._consumer = None
 
     def _warn(self, message: str, exc: BaseException) -> None:

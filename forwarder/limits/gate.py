@@ -13,7 +13,9 @@ misconfigured" are each answered in this one module:
 - **Outage (5xx, timeouts, refused connections)**: the circuit breaker counts it;
   when most recent sends failed, the circuit opens and probes like the halt above.
 - **Misconfigured** (pointed at the wrong place, a tool that does not exist): the
-  configuration halt opens, probing with backoff; never dead letters.
+  configuration halt opens, probing with backoff; never dead letters. The same 4xx
+  for most recent requests across many users (`RejectionStorm`) counts as this too,
+  instead of dead-lettering the stream.
 - **Limits**: the configured and policy limits (`LimiterSet` per tool, from a
   `LimiterBackend`) and the learned rate must all allow a send.
 
@@ -31,14 +33,25 @@ from forwarder.config import LimitSettings, RetrySettings
 from forwarder.core.events import TOOLS, TRACK_LOGIN, TRACK_LOGOUT
 from forwarder.core.halts import CircuitBreaker, Halt, HaltState
 from forwarder.core.policy import Policy
+from forwarder.core.rejection_storm import RejectionStorm
 from forwarder.limits.backend import LimiterBackend, LimiterSet, Permit
 from forwarder.limits.learned_rate import AdaptiveRate
 from forwarder.ops.logs import RepeatSuppressor, get_logger
 from forwarder.ops.metrics import Metrics
-from forwarder.sinks.outcome import Delivered, Misconfigured, Outcome, Retry, Unauthorized
+from forwarder.sinks.outcome import (
+    Delivered,
+    Misconfigured,
+    Outcome,
+    Rejected,
+    Retry,
+    Unauthorized,
+)
 
 WARNING_PERIOD = 10.0
 HALT_LOG_PERIOD = 60.0
+MISCONFIGURED = (
+    "the sink says the forwarder is misconfigured; all sends halted, nothing dead-lettered"
+)
 
 
 class Ticket(NamedTuple):  # one per send: a named tuple is the cheapest immutable record
@@ -65,6 +78,7 @@ class SendGate:
         self.credentials = Halt(first_pause=1.0, max_pause=60.0)
         self._credentials_epoch = 0
         self.configuration = Halt(first_pause=1.0, max_pause=60.0)
+        self._rejections = RejectionStorm()
         self.circuit = circuit
         self._metrics = metrics
         self._log = get_logger("forwarder.limits.gate")
@@ -146,8 +160,21 @@ class SendGate:
         """The send ended (whatever its outcome): its limit permits stop being in flight."""
         LimiterSet.finish(ticket.permits, now)
 
-    def observe(self, outcome: Outcome, ticket: Ticket, now: float, in_flight: int) -> None:
-        """Let the answer change what may be sent next."""
+    def observe(
+        self, outcome: Outcome, ticket: Ticket, now: float, in_flight: int, user: str
+    ) -> Outcome:
+        """Let the answer change what may be sent next; returns what it means for the
+        event (a rejection in a storm of the same rejection is a misconfiguration)."""
+        if isinstance(outcome, Rejected):
+            self._rejections.observe(outcome.code, user)
+            if self._rejections.raging(outcome.code):
+                outcome = Misconfigured(
+                    outcome.code,
+                    f"{outcome.detail}, as for most recent requests across many users:"
+                    " the endpoint or its configuration is wrong, not the events",
+                )
+        elif isinstance(outcome, Delivered):
+            self._rejections.observe(None, user)
         self._credentials(outcome, ticket, now)
         self._configuration(outcome, ticket, now)
         if isinstance(outcome, Delivered):
@@ -171,6 +198,13 @@ class SendGate:
             failed = False
         if self.circuit.record(now, failed=failed, probe=ticket.probes_circuit):
             self._circuit_changed(outcome, now)
+        return outcome
+
+    def misconfigured(self, outcome: Misconfigured, now: float) -> None:
+        """Open the configuration halt: on such an answer, or when the sink finds before
+        the first send (`Sink.open`) that it cannot take the events as configured."""
+        self._metrics.sink_misconfigured.set(1)
+        self._open(self.configuration, MISCONFIGURED, outcome, now)
 
     def credentials_changed(self, now: float) -> None:
         """New credentials arrived: probe with them now instead of waiting out the pause
@@ -224,16 +258,10 @@ class SendGate:
         if isinstance(outcome, Misconfigured):
             if not (ticket.probes_configuration or self.configuration.is_closed):
                 return
-            self._metrics.sink_misconfigured.set(1)
-            self._open(
-                self.configuration,
-                "the sink says the forwarder is misconfigured; all sends halted,"
-                " nothing dead-lettered",
-                outcome,
-                now,
-            )
+            self.misconfigured(outcome, now)
         elif ticket.probes_configuration:
             self.configuration.close()
+            self._rejections.clear()
             self._metrics.sink_misconfigured.set(0)
             self._log.info("the sink takes the events again; sending resumed")
 

@@ -1,5 +1,10 @@
 """A local stand-in for Legiti's track_auth API that can be told to misbehave.
 
+It also serves Legiti's collection endpoint, `POST /auth`, which the MCP server for
+Legiti calls (see `sandbox.mcp_server`); both endpoints share the faults, the
+credentials, the counters and the records, so a test sets a fault once whichever
+way the events arrive.
+
 Integration tests, `forwarder demo` and the throughput benchmark all need an HTTP peer
 that answers like Legiti but can be made slow, flaky, strict or rate limited on cue,
 without a network and without credentials. It is written on bare asyncio streams rather
@@ -23,13 +28,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from operator import attrgetter
 from types import TracebackType
-from typing import Final, Self, TypedDict
+from typing import Final, NamedTuple, Self, TypedDict
 
 import orjson
 
 from forwarder.runtime import install_signal_handlers, run_event_loop
 
 AUTH_PATH: Final = b"/ticketing/v1/auth"
+COLLECT_PATH: Final = b"/auth"
 STATS_PATH: Final = b"/_stub/stats"
 RESET_PATH: Final = b"/_stub/reset"
 ACTION_TYPES: Final = frozenset({"login_success", "login_failure", "logout"})
@@ -56,6 +62,7 @@ _REJECTED_USER_BODY: Final = orjson.dumps(
 )
 _NOT_AN_OBJECT: Final = {"_schema": ["Invalid input type."]}
 _ACTION_TYPE_CHOICES: Final = ", ".join(sorted(ACTION_TYPES))
+_COLLECT_ACTIONS: Final = ("login", "logout")
 _by_arrival: Final = attrgetter("at")
 
 
@@ -80,10 +87,14 @@ _CREATED_KEEP_ALIVE: Final = _response(201, _CREATED_BODY, True)
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One track_auth request as the stub saw it; `status` is what it answered, or DROPPED.
+    """One request as the stub saw it; `status` is what it answered, or DROPPED.
 
     `at` is time.monotonic() of this process when the request had been read, so tests
     running the stub in-process can compare it with their own monotonic timestamps.
+    `user_agent` is the HTTP header. A collection call (`path` "/auth") is recorded
+    in the same terms: `user_id` is its `account_id`, `action_type` what its `action`
+    and `success` amount to, and `ip`, `event_user_agent`, `timestamp` are what it
+    said about the attempt.
     """
 
     user_id: str | None
@@ -93,6 +104,21 @@ class Received:
     user_agent: str | None
     status: int
     at: float
+    path: str = AUTH_PATH.decode()
+    ip: str | None = None
+    event_user_agent: str | None = None
+    timestamp: float | None = None
+
+
+class _Attempt(NamedTuple):
+    """What a collection call said about the attempt, kept for `Received`."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    timestamp: float | None = None
+
+
+_NO_ATTEMPT: Final = _Attempt()
 
 
 @dataclass
@@ -172,6 +198,58 @@ def _validate(body: bytes) -> tuple[str | None, str | None, dict[str, list[str]]
         user_id if isinstance(user_id, str) else None,
         action_type if isinstance(action_type, str) else None,
         errors or None,
+    )
+
+
+def _validate_collect(
+    body: bytes,
+) -> tuple[str | None, str | None, dict[str, list[str]] | None, _Attempt]:
+    """Check a collection call (`POST /auth`) the way `_validate` checks track_auth.
+
+    `success` is required for a login; `ip`, `user_agent` and `timestamp` are optional
+    and may be null."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, _NOT_AN_OBJECT, _NO_ATTEMPT
+    if not isinstance(payload, dict):
+        return None, None, _NOT_AN_OBJECT, _NO_ATTEMPT
+    errors: dict[str, list[str]] = {}
+    account_id = payload.get("account_id")
+    if "account_id" not in payload:
+        errors["account_id"] = ["Missing data for required field."]
+    elif not isinstance(account_id, str):
+        errors["account_id"] = ["Not a valid string."]
+    elif not account_id:
+        errors["account_id"] = ["Shorter than minimum length 1."]
+    action, success = payload.get("action"), payload.get("success")
+    action_type: str | None = None
+    if action not in _COLLECT_ACTIONS:
+        errors["action"] = [f"Must be one of: {', '.join(_COLLECT_ACTIONS)}."]
+    elif action == "logout":
+        action_type = "logout"
+    elif isinstance(success, bool):
+        action_type = "login_success" if success else "login_failure"
+    if not isinstance(success, bool) and (action == "login" or success is not None):
+        errors["success"] = ["Not a valid boolean."]
+    ip, user_agent, timestamp = (payload.get(name) for name in ("ip", "user_agent", "timestamp"))
+    for name, value in (("ip", ip), ("user_agent", user_agent)):
+        if value is not None and not isinstance(value, str):
+            errors[name] = ["Not a valid string."]
+    if timestamp is not None and (
+        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+    ):
+        errors["timestamp"] = ["Not a valid number."]
+    attempt = _Attempt(
+        ip if isinstance(ip, str) else None,
+        user_agent if isinstance(user_agent, str) else None,
+        float(timestamp) if "timestamp" not in errors and timestamp is not None else None,
+    )
+    return (
+        account_id if isinstance(account_id, str) else None,
+        action_type,
+        errors or None,
+        attempt,
     )
 
 
@@ -370,6 +448,10 @@ class LegitiStub:
                         return
                 if path == AUTH_PATH and method == b"POST":
                     keep_alive = await self._track_auth(writer, headers, body, keep_alive)
+                elif path == COLLECT_PATH and method == b"POST":
+                    keep_alive = await self._track_auth(
+                        writer, headers, body, keep_alive, collect=True
+                    )
                 else:
                     writer.write(self._control(method, path, keep_alive))
                 if writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
@@ -383,12 +465,18 @@ class LegitiStub:
         headers: dict[bytes, bytes],
         body: bytes,
         keep_alive: bool,
+        *,
+        collect: bool = False,
     ) -> bool:
-        """Answer one track_auth request and return whether the connection stays open."""
+        """Answer one track_auth (or, with `collect`, collection) request and return
+        whether the connection stays open."""
         at = time.monotonic()
         wall = time.time()
         faults = self.faults
-        user_id, action_type, errors = _validate(body)
+        if collect:
+            user_id, action_type, errors, attempt = _validate_collect(body)
+        else:
+            (user_id, action_type, errors), attempt = _validate(body), _NO_ATTEMPT
         status, answer = self._decide(faults, headers, user_id, errors, at, keep_alive)
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
@@ -415,6 +503,10 @@ class LegitiStub:
                 user_agent=_text(headers.get(b"user-agent")),
                 status=status,
                 at=at,
+                path=(COLLECT_PATH if collect else AUTH_PATH).decode(),
+                ip=attempt.ip,
+                event_user_agent=attempt.user_agent,
+                timestamp=attempt.timestamp,
             )
             insort(self.requests, received, key=_by_arrival)
             if status == 201:
@@ -515,7 +607,7 @@ class LegitiStub:
                 return _message(405, "method not allowed", keep_alive, b"Allow: POST\r\n")
             self.reset()
             return _message(200, "reset", keep_alive)
-        if path == AUTH_PATH:
+        if path in (AUTH_PATH, COLLECT_PATH):
             return _message(405, "method not allowed", keep_alive, b"Allow: POST\r\n")
         return _message(404, "not found", keep_alive)
 

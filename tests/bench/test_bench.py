@@ -116,6 +116,23 @@ def test_limits_and_baselines_are_measured(results: dict[str, Any]) -> None:
         assert results["ratios"][name] > 0
 
 
+def test_the_mcp_sink_delivers_every_event_once_next_to_its_ceiling(
+    results: dict[str, Any],
+) -> None:
+    mcp = results["mcp"]
+    assert mcp["events"] == 200
+    assert 0 < mcp["deliveries"] <= mcp["events"]
+    _positive(mcp["forwarder"], "events_per_second", "cpu_seconds_per_1000_events")
+    _positive(mcp["aiohttp_ceiling"], "events_per_second", "cpu_seconds_per_1000_events")
+    [run] = mcp["forwarder"]["runs"]
+    assert run["consumed"] == mcp["events"]
+    assert run["deliveries"] == run["requests"] == mcp["deliveries"], "a duplicate was sent"
+    assert run["duplicates"] == mcp["events"] - mcp["deliveries"]
+    assert mcp["aiohttp_ceiling"]["runs"][0]["deliveries"] == mcp["deliveries"]
+    assert results["ratios"]["mcp_vs_mcp_aiohttp"] > 0
+    assert results["ratios"]["mcp_vs_rest"] > 0
+
+
 def test_backlog_runs_stay_paused_and_report_memory(results: dict[str, Any]) -> None:
     backlog = results["backlog"]
     assert backlog["large"]["events"] > backlog["small"]["events"]
@@ -134,6 +151,7 @@ def test_targets_are_judged(results: dict[str, Any]) -> None:
         "p99_latency_ms",
         "backlog_peak_rss_mb",
         "fleet_vs_forwarder",
+        "mcp_vs_mcp_aiohttp",
     }
     for check in targets.values():
         assert isinstance(check["met"], bool)

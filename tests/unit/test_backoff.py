@@ -76,7 +76,15 @@ def test_delays_are_jittered_over_the_whole_range() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("0", 0.0), ("1", 1.0), ("120", 120.0), (" 30 ", 30.0), ("007", 7.0)],
+    [
+        ("0", 0.0),
+        ("1", 1.0),
+        ("120", 120.0),
+        (" 30 ", 30.0),
+        ("007", 7.0),
+        ("1.5", 1.5),  # issue 14.8: gateways send decimals; ignoring them lost the pause
+        ("0.25", 0.25),
+    ],
 )
 def test_retry_after_seconds(value: str, seconds: float) -> None:
     assert parse_retry_after(value, NOW) == seconds
@@ -118,8 +126,9 @@ def test_retry_after_rfc850_and_asctime_dates() -> None:
         "   ",
         "soon",
         "-1",
-        "1.5",
         "1e3",
+        "1.",
+        ".5",
         "0x10",
         "12 seconds",
         "²",  # a Unicode digit that str.isdigit() accepts and float() does not

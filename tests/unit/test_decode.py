@@ -52,7 +52,9 @@ def test_native_example_from_the_issue() -> None:
         b'{"event_id": "7f3c2a9e-aa", "type": "login", "success": false, "user_id": "u-123",'
         b' "occurred_at": "2026-11-20T12:00:00Z", "ip": "203.0.113.7", "user_agent": "curl/8"}'
     )
-    assert decode(value, (), TYPES) == AuthEvent("7f3c2a9e-aa", "u-123", ActionType.LOGIN_FAILURE)
+    assert decode(value, (), TYPES) == AuthEvent(
+        "7f3c2a9e-aa", "u-123", ActionType.LOGIN_FAILURE, "203.0.113.7", "curl/8", 1795176000.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,10 +109,55 @@ def test_invalid_occurred_at_is_rejected(occurred_at: object) -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    document = native_document(
-        extra={"nested": [1, 2]}, ip="203.0.113.7", whatever=None, success=True
-    )
+    document = native_document(extra={"nested": [1, 2]}, whatever=None, success=True)
     assert run(document) == AuthEvent("7f3c2a9e-0001", "u-123", ActionType.LOGIN_SUCCESS)
+
+
+# What the event says about the attempt (for the MCP tools) ---------------------------
+
+
+def test_native_attempt_details_are_kept() -> None:
+    result = run(
+        native_document(
+            ip="2001:db8::1", user_agent="Mozilla/5.0 (X11)", occurred_at="1970-01-01T00:01:40Z"
+        )
+    )
+    assert isinstance(result, AuthEvent)
+    assert (result.ip, result.user_agent, result.timestamp) == (
+        "2001:db8::1",
+        "Mozilla/5.0 (X11)",
+        100.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "timestamp"),
+    [
+        ("2026-11-20T12:00:00.250Z", 1795176000.25),
+        ("2026-11-20T13:30:00+01:30", 1795176000.0),
+        ("2026-11-20t12:00:00z", 1795176000.0),
+    ],
+)
+def test_occurred_at_becomes_unix_seconds(occurred_at: str, timestamp: float) -> None:
+    result = run(native_document(occurred_at=occurred_at))
+    assert isinstance(result, AuthEvent)
+    assert result.timestamp == timestamp
+
+
+def test_absent_or_null_attempt_details_are_none() -> None:
+    for document in (
+        native_document(),
+        native_document(ip=None, user_agent=None, occurred_at=None),
+    ):
+        result = run(document)
+        assert isinstance(result, AuthEvent)
+        assert (result.ip, result.user_agent, result.timestamp) == (None, None, None)
+
+
+@pytest.mark.parametrize("field", ["ip", "user_agent"])
+@pytest.mark.parametrize("value", [17, True, ["203.0.113.7"], {"v4": "203.0.113.7"}])
+def test_attempt_details_that_are_not_strings_are_invalid(field: str, value: object) -> None:
+    rejected(run(native_document(**{field: value})), INVALID_EVENT, field)
 
 
 @pytest.mark.parametrize(
@@ -216,6 +263,22 @@ def test_structured_integer_user_id_and_no_time() -> None:
     result = run(structured_cloudevent(time=DROP, data={"user_id": 77}))
     assert isinstance(result, AuthEvent)
     assert result.user_id == "77"
+    assert result.timestamp is None
+
+
+def test_structured_attempt_details_come_from_data_and_time() -> None:
+    result = run(
+        structured_cloudevent(
+            ip="198.51.100.1",  # an extension attribute, not the attempt's address
+            data={"user_id": "u-9", "ip": "203.0.113.7", "user_agent": "okhttp/4"},
+        )
+    )
+    assert isinstance(result, AuthEvent)
+    assert (result.ip, result.user_agent, result.timestamp) == (
+        "203.0.113.7",
+        "okhttp/4",
+        1795176000.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -242,6 +305,10 @@ def test_structured_integer_user_id_and_no_time() -> None:
         ({"data": {"user_id": True}}, ["user_id"]),
         ({"data": {"user_id": "x" * 257}}, ["user_id"]),
         ({"time": "not a time"}, ["time"]),
+        ({"time": None}, ["time"]),
+        ({"time": 1795176000}, ["time"]),
+        ({"data": {"user_id": "u-9", "ip": 7}}, ["data.ip"]),
+        ({"data": {"user_id": "u-9", "user_agent": ["x"]}}, ["data.user_agent"]),
     ],
 )
 def test_structured_invalid(fields: dict[str, Any], words: list[str]) -> None:
@@ -267,9 +334,26 @@ def ce_headers(**overrides: bytes | None) -> tuple[tuple[str, bytes], ...]:
 def test_binary_cloudevent() -> None:
     result = decode(b'{"user_id": "u-bin"}', ce_headers(), TYPES)
     assert result == AuthEvent(
-        cloudevent_key("/auth/us", "bin-1"), "u-bin", ActionType.LOGIN_SUCCESS
+        cloudevent_key("/auth/us", "bin-1"),
+        "u-bin",
+        ActionType.LOGIN_SUCCESS,
+        timestamp=1795176000.0,
     )
     assert "bin-1" in result.key
+
+
+def test_binary_attempt_details_come_from_data_and_the_time_header() -> None:
+    value = b'{"user_id": "u-bin", "ip": "203.0.113.9", "user_agent": "ios/17"}'
+    result = decode(value, ce_headers(time=b"2026-11-20T12:00:01.5Z"), TYPES)
+    assert isinstance(result, AuthEvent)
+    assert (result.ip, result.user_agent, result.timestamp) == (
+        "203.0.113.9",
+        "ios/17",
+        1795176001.5,
+    )
+    untimed = decode(b'{"user_id": "u-bin"}', ce_headers(time=None), TYPES)
+    assert isinstance(untimed, AuthEvent)
+    assert untimed.timestamp is None
 
 
 def test_binary_cloudevent_takes_precedence_over_the_value_shape() -> None:
@@ -286,7 +370,8 @@ def test_binary_cloudevent_takes_precedence_over_the_value_shape() -> None:
 def test_binary_cloudevent_with_unicode_attributes() -> None:
     headers = ce_headers(id="ид-1".encode(), source="/认证".encode())
     result = decode(b'{"user_id": 5}', headers, TYPES)
-    assert result == AuthEvent(cloudevent_key("/认证", "ид-1"), "5", ActionType.LOGIN_SUCCESS)
+    assert isinstance(result, AuthEvent)
+    assert result[:3] == (cloudevent_key("/认证", "ид-1"), "5", ActionType.LOGIN_SUCCESS)
 
 
 @pytest.mark.parametrize(
@@ -307,6 +392,9 @@ def test_binary_cloudevent_with_unicode_attributes() -> None:
         ({}, b"\xff", INVALID_JSON, ["UTF-8"]),
         ({}, None, EMPTY_VALUE, []),
         ({}, b"  ", EMPTY_VALUE, []),
+        ({"time": b"yesterday"}, b'{"user_id": "u"}', INVALID_EVENT, ["ce_time"]),
+        ({"time": b"\xff"}, b'{"user_id": "u"}', INVALID_EVENT, ["ce_time", "UTF-8"]),
+        ({}, b'{"user_id": "u", "ip": 1}', INVALID_EVENT, ["ip"]),
     ],
 )
 def test_binary_invalid(

@@ -41,7 +41,7 @@ def gate(limits: LimitSettings | None = None, min_requests: int = 4) -> tuple[Se
 def send(gate: SendGate, outcome: Outcome, now: float, tool: str = TRACK_LOGIN) -> None:
     ticket = gate.launch(tool, now)
     gate.finish(ticket, now)
-    gate.observe(outcome, ticket, now, in_flight=0)
+    gate.observe(outcome, ticket, now, in_flight=0, user="u")
 
 
 def test_429s_count_as_neither_so_the_5xx_among_them_open_the_circuit() -> None:
@@ -90,7 +90,7 @@ def test_401_halts_everything_until_a_probe_succeeds() -> None:
     assert sends.wait(0.5) > 0
     probe = sends.launch(TRACK_LOGIN, sends.wait(0.0))
     assert math.isinf(sends.wait(1.0))  # nothing else while the probe is out
-    sends.observe(OK, probe, 1.2, in_flight=0)
+    sends.observe(OK, probe, 1.2, in_flight=0, user="u")
     assert sends.authorized
     assert metrics.registry.get_sample_value("forwarder_credentials_valid") == 1
 
@@ -100,8 +100,9 @@ def test_a_401_for_a_send_made_before_the_halt_is_stale_news() -> None:
     early = sends.launch(TRACK_LOGIN, 0.0)
     send(sends, REFUSED, 0.1)
     probe = sends.launch(TRACK_LOGIN, 2.0)
-    sends.observe(OK, probe, 2.1, in_flight=1)
-    sends.observe(REFUSED, early, 2.2, in_flight=0)  # answered late, sent with the old token
+    sends.observe(OK, probe, 2.1, in_flight=1, user="u")
+    # Answered late, and sent before the probe proved the token good.
+    sends.observe(REFUSED, early, 2.2, in_flight=0, user="u")
     assert sends.authorized
 
 
@@ -112,7 +113,21 @@ def test_misconfigured_halts_without_touching_credentials_and_a_probe_heals_it()
     assert sends.authorized
     assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 1
     probe = sends.launch(TRACK_LOGIN, 5.0)
-    sends.observe(OK, probe, 5.1, in_flight=0)
+    sends.observe(OK, probe, 5.1, in_flight=0, user="u")
+    assert sends.configured
+    assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 0
+
+
+def test_a_sink_that_cannot_start_holds_every_send_until_a_probe_gets_through() -> None:
+    """What `Sink.open` found before the first send halts like a Misconfigured answer."""
+    sends, metrics = gate()
+    sends.misconfigured(Misconfigured("open", "no tool 'track_logout'"), 0.0)
+    assert not sends.configured
+    assert sends.wait(0.5) > 0
+    assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 1
+    assert sends.wait(1.0) <= 0  # the first probe, a second later
+    probe = sends.launch(TRACK_LOGIN, 1.0)
+    sends.observe(OK, probe, 1.1, in_flight=0, user="u")
     assert sends.configured
     assert metrics.registry.get_sample_value("forwarder_sink_misconfigured") == 0
 
@@ -149,7 +164,7 @@ def test_only_a_success_closes_the_credentials_halt(answer: Outcome) -> None:
     sends, _ = gate()
     send(sends, REFUSED, 0.0)
     probe = sends.launch(TRACK_LOGIN, 1.0)
-    sends.observe(answer, probe, 1.5, in_flight=0)
+    sends.observe(answer, probe, 1.5, in_flight=0, user="u")
     assert not sends.authorized
     assert sends.wait(1.5) > 0  # the next probe waits its pause
 
@@ -162,6 +177,32 @@ def test_new_credentials_are_tried_at_once_even_while_a_probe_is_out() -> None:
     sends.credentials_changed(1.2)
     assert sends.wait(1.2) <= 0
     new_probe = sends.launch(TRACK_LOGIN, 1.2)
-    sends.observe(OK, new_probe, 1.3, in_flight=1)
-    sends.observe(REFUSED, old_probe, 1.4, in_flight=0)  # the old token's answer, late
+    sends.observe(OK, new_probe, 1.3, in_flight=1, user="u")
+    sends.observe(REFUSED, old_probe, 1.4, in_flight=0, user="u")  # old token's answer, late
     assert sends.authorized
+
+
+def test_the_same_4xx_for_many_users_is_a_misconfiguration_not_bad_events() -> None:
+    """Issue 14.4: a gateway rule or a wrong path rejecting everything must not empty the
+    stream into the dead-letter topic."""
+    sends, _ = gate()
+    rejected = Rejected("422", "legiti answered 422", b"tenant unknown", 422)
+    meanings = []
+    for i in range(40):
+        ticket = sends.launch(TRACK_LOGIN, i * 0.01)
+        meanings.append(sends.observe(rejected, ticket, i * 0.01, in_flight=0, user=f"u{i}"))
+    assert isinstance(meanings[0], Rejected)  # one user's bad events are still dead letters
+    assert isinstance(meanings[-1], Misconfigured)
+    assert not sends.configured
+    first_halt = next(i for i, m in enumerate(meanings) if isinstance(m, Misconfigured))
+    assert first_halt <= 25
+
+
+def test_one_users_rejections_never_halt() -> None:
+    sends, _ = gate()
+    rejected = Rejected("400", "legiti answered 400", b"", 400)
+    for i in range(200):
+        ticket = sends.launch(TRACK_LOGIN, i * 0.01)
+        meaning = sends.observe(rejected, ticket, i * 0.01, in_flight=0, user="one-bad-user")
+        assert isinstance(meaning, Rejected)
+    assert sends.configured

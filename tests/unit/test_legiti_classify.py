@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from forwarder.sinks.legiti.classify import classify
-from forwarder.sinks.outcome import Delivered, Rejected, Retry, Unauthorized, transport_failure
+from forwarder.sinks.outcome import (
+    Delivered,
+    Misconfigured,
+    Rejected,
+    Retry,
+    Unauthorized,
+    transport_failure,
+)
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
@@ -53,7 +60,7 @@ def test_401_and_403_are_unauthorized_never_rejected(status: int) -> None:
     assert classify(status, body, None) == Unauthorized(str(status), f"legiti answered {status}")
 
 
-@pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
+@pytest.mark.parametrize("status", [400, 409, 413, 422])
 def test_rejections_carry_status_and_body(status: int) -> None:
     body = b'{"error_message": {"user_id": ["required"]}}'
     assert classify(status, body, None) == Rejected(
@@ -61,12 +68,12 @@ def test_rejections_carry_status_and_body(status: int) -> None:
     )
 
 
-@pytest.mark.parametrize("status", [402, 405, 410, 418, 451, 499])
+@pytest.mark.parametrize("status", [402, 410, 418, 451, 499])
 def test_other_4xx_are_rejected(status: int) -> None:
     assert isinstance(classify(status, b"", None), Rejected)
 
 
-@pytest.mark.parametrize("status", [100, 301, 302, 304, 501, 505, 599])
+@pytest.mark.parametrize("status", [100, 501, 505, 599])
 def test_answers_not_understood_are_retried(status: int) -> None:
     outcome = classify(status, b"", None)
     assert isinstance(outcome, Retry)
@@ -79,3 +86,13 @@ def test_transport_failures_are_outage_retries(code: str) -> None:
     assert outcome == Retry(code=code, detail="connection refused", outage=True)
     assert not outcome.throttled
     assert outcome.retry_after is None
+
+
+@pytest.mark.parametrize("status", [404, 405, 301, 302, 307, 308])
+def test_answers_that_mean_the_wrong_place_halt_instead_of_dead_lettering(status: int) -> None:
+    """Issue 14.4: a wrong path answered 404 to everything, and every event was rejected."""
+    outcome = classify(status, b"", None, "https://legiti.example/wrong/ticketing/v1/auth")
+    assert isinstance(outcome, Misconfigured)
+    assert outcome.code == str(status)
+    assert "https://legiti.example/wrong/ticketing/v1/auth" in outcome.detail
+    assert "FORWARDER_LEGITI_BASE_URL" in outcome.detail

@@ -330,3 +330,84 @@ async def test_runs_as_a_separate_process() -> None:
     assert stats["total"] == 2
     assert stats["status_counts"] == {"201": 1, "401": 1}
     assert returncode == 0
+
+
+# The collection endpoint the MCP server for Legiti calls ---------------------------------
+
+COLLECT = "/auth"
+LOGIN = {
+    "account_id": "acct-1",
+    "action": "login",
+    "success": False,
+    "ip": "203.0.113.7",
+    "user_agent": "Mozilla/5.0",
+    "timestamp": 1795176000.5,
+}
+
+
+async def test_collection_call_is_recorded_in_track_auth_terms(
+    stub: LegitiStub, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(COLLECT, json=LOGIN)
+    logout = await client.post(
+        COLLECT,
+        json={"account_id": "acct-1", "action": "logout", "success": None, "ip": None},
+    )
+
+    assert (response.status_code, logout.status_code) == (201, 201)
+    first, second = stub.accepted
+    assert (first.path, first.user_id, first.action_type) == ("/auth", "acct-1", "login_failure")
+    assert (first.ip, first.event_user_agent, first.timestamp) == (
+        "203.0.113.7",
+        "Mozilla/5.0",
+        1795176000.5,
+    )
+    assert first.user_agent == "forwarder-tests"
+    assert (second.action_type, second.ip, second.timestamp) == ("logout", None, None)
+    assert stub.stats()["accepted"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "bad_fields"),
+    [
+        ({"account_id": None}, ["account_id"]),
+        ({"account_id": ""}, ["account_id"]),
+        ({"action": "signup"}, ["action"]),
+        ({"success": None}, ["success"]),
+        ({"success": "yes"}, ["success"]),
+        ({"ip": 7, "user_agent": ["x"]}, ["ip", "user_agent"]),
+        ({"timestamp": "now"}, ["timestamp"]),
+        ({"timestamp": True}, ["timestamp"]),
+    ],
+)
+async def test_collection_call_refuses_bad_fields(
+    stub: LegitiStub, client: httpx.AsyncClient, change: dict[str, Any], bad_fields: list[str]
+) -> None:
+    response = await client.post(COLLECT, json={**LOGIN, **change})
+
+    assert response.status_code == 400
+    assert sorted(response.json()["error_message"]) == bad_fields
+    assert stub.accepted == []
+
+
+async def test_collection_call_obeys_the_same_faults_and_credentials(
+    stub: LegitiStub, client: httpx.AsyncClient
+) -> None:
+    stub.faults.script.extend([503, "ok"])
+    stub.faults.status_for_user["acct-429"] = 429
+
+    outage = await client.post(COLLECT, json=LOGIN)
+    ok = await client.post(COLLECT, json=LOGIN)
+    limited = await client.post(COLLECT, json={**LOGIN, "account_id": "acct-429"})
+    refused = await client.post(COLLECT, json=LOGIN, headers={"Authorization": "Bearer nope"})
+    wrong_method = await client.get(COLLECT)
+
+    assert [outage.status_code, ok.status_code, limited.status_code, refused.status_code] == [
+        503,
+        201,
+        429,
+        401,
+    ]
+    assert limited.headers["retry-after"] == "1"
+    assert wrong_method.status_code == 405
+    assert [r.status for r in stub.requests] == [503, 201, 429, 401]

@@ -174,10 +174,14 @@ class BuggySender(Sender):
 
 async def test_a_bug_after_an_answer_takes_no_sending_capacity_away() -> None:
     sender = BuggySender(bugs=2)  # as many as there are senders
-    pipeline = running(sender, max_in_flight=2)
+    pipeline = running(sender, max_in_flight=2, retry=RetrySettings(initial_backoff_seconds=0.01))
     for offset in range(6):
         pipeline.submit(record(offset))
-    await eventually(lambda: len(sender.sent) == 6)
+    # The two events whose answers hit the bug are sent again, not lost.
+    await eventually(lambda: pipeline.committable() == {("t", 0): 6})
+    assert sorted(event.key for _, event in sender.sent) == sorted(
+        [f"e{i}" for i in range(6)] + ["e0", "e1"]
+    )
     assert await pipeline.drain(1.0)
 
 
@@ -274,4 +278,97 @@ async def test_a_misconfigured_sink_halts_without_dead_letters_and_heals() -> No
     await eventually(lambda: pipeline.committable() == {("t", 0): 10}, timeout=10)
     assert pipeline.gate.configured
     assert dead.written == []
+    assert await pipeline.drain(1.0)
+
+
+class OneHeldSender(Sender):
+    """Holds the answer for one key until released; answers the others at once."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held = held
+        self.release = asyncio.Event()
+
+    async def send(self, event: AuthEvent) -> Outcome:
+        answer = await super().send(event)
+        if event.key == self.held:
+            await self.release.wait()
+        return answer
+
+
+def sent_keys(sender: Sender) -> list[str]:
+    return [event.key for _, event in sender.sent]
+
+
+async def test_drain_sends_what_was_consumed_ahead_of_delivered_events() -> None:
+    """Issue 14.7: a clean stop leaves nothing delivered beyond the committed offset, so
+    the next owner re-sends nothing. e1 waits behind alice's e0; bob's e2-e4 are delivered."""
+    sender = OneHeldSender(held="e0")
+    pipeline = running(sender)
+    pipeline.submit(record(0, user="alice"))
+    pipeline.submit(record(1, user="alice"))
+    for offset in (2, 3, 4):
+        pipeline.submit(record(offset, user="bob"))
+    await eventually(lambda: sent_keys(sender) == ["e0", "e2", "e3", "e4"])
+    draining = asyncio.create_task(pipeline.drain(5.0))
+    await eventually(lambda: pipeline.in_flight == 1)
+    sender.release.set()
+    assert await draining
+    assert sent_keys(sender) == ["e0", "e2", "e3", "e4", "e1"]
+    assert pipeline.committable() == {("t", 0): 5}
+
+
+async def test_drain_leaves_unsent_what_no_delivered_event_follows() -> None:
+    sender = OneHeldSender(held="e0")
+    pipeline = running(sender)
+    pipeline.submit(record(0, user="alice"))
+    pipeline.submit(record(1, user="bob"))
+    pipeline.submit(record(2, user="alice"))  # behind e0, and nothing after it is delivered
+    await eventually(lambda: sent_keys(sender) == ["e0", "e1"])
+    draining = asyncio.create_task(pipeline.drain(5.0))
+    await eventually(lambda: pipeline.in_flight == 1)
+    sender.release.set()
+    assert await draining
+    assert sent_keys(sender) == ["e0", "e1"]
+    assert pipeline.committable() == {("t", 0): 2}  # e2 is read again by the next owner
+
+
+async def test_settling_revoked_partitions_lets_the_others_flow() -> None:
+    """Issue 14.6: a revocation waits for the revoked partition's request under way."""
+    sender = OneHeldSender(held="e0")
+    pipeline = running(sender)
+    pipeline.submit(record(0, user="alice"))
+    settling = asyncio.create_task(pipeline.settle({("t", 0)}, 5.0))
+    other = factories.record(factories.native("p1", "bob"), topic="t", partition=1, offset=0)
+    pipeline.submit(other)
+    await eventually(lambda: pipeline.committable() == {("t", 1): 1})
+    assert not settling.done()
+    sender.release.set()
+    assert await settling
+    assert pipeline.committable() == {("t", 0): 1, ("t", 1): 1}
+    assert await pipeline.drain(1.0)
+
+
+async def test_settling_gives_up_at_its_timeout() -> None:
+    sender = OneHeldSender(held="e0")
+    pipeline = running(sender)
+    pipeline.submit(record(0))
+    await eventually(lambda: pipeline.in_flight == 1)
+    assert not await pipeline.settle({("t", 0)}, 0.05)
+    sender.release.set()
+    assert await pipeline.drain(1.0)
+
+
+async def test_the_byte_bound_pauses_fetching() -> None:
+    sender = HeldSender()
+    pipeline = running(sender, max_buffered_bytes=2048)
+    big = factories.record(b'{"pad": "' + b"x" * 1500 + b'"}', topic="t", offset=0)
+    pipeline.submit(big)
+    assert not pipeline.should_pause()
+    pipeline.submit(factories.record(big.value, topic="t", offset=1))
+    assert pipeline.should_pause()
+    assert pipeline.buffered_bytes == 2 * len(big.value or b"")
+    sender.release.set()
+    await eventually(lambda: pipeline.buffered_bytes == 0)  # dead-lettered: invalid events
+    assert not pipeline.should_pause()
     assert await pipeline.drain(1.0)

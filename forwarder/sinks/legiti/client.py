@@ -59,6 +59,7 @@ class LegitiSink:
         self._token = token
         self._transport = transport or ReqwestTransport(max_connections)
         self._url = httpx.URL(base_url.rstrip("/") + TRACK_AUTH_PATH)
+        self._where = str(self._url)
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         # Every header a client would add on its own is given here, so no transport has to
         # work out defaults per request; `identity` keeps rejected bodies readable as sent.
@@ -119,7 +120,7 @@ class LegitiSink:
         except httpx.TransportError as exc:
             return transport_failure("error", f"{type(exc).__name__}: {exc}")
         retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
-        return classify(response.status_code, content, retry_after)
+        return classify(response.status_code, content, retry_after, self._where)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -35,6 +35,7 @@ from pyreqwest.exceptions import (
     WriteTimeoutError,
 )
 from pyreqwest.http import Url
+from pyreqwest.request import RequestBuilder
 
 IDLE_CONNECTION_SECONDS = 30.0
 
@@ -84,9 +85,10 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
             cached = self._timeouts[seconds] = timedelta(seconds=seconds)
         return cached
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def _request(self, request: httpx.Request) -> RequestBuilder:
+        """The reqwest request for an httpx one: body, headers and the time limit."""
         stream = request.stream
-        # An in-memory body (what the sink sends) is taken as it is; anything else is read.
+        # An in-memory body (what the sinks send) is taken as it is; anything else is read.
         body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
         headers = request.headers
         encoding = headers.encoding  # worked out once per request, not once per header
@@ -100,17 +102,15 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         # reqwest's per-request timeout covers the whole exchange, connecting included.
         if (read := request.extensions.get("timeout", {}).get("read")) is not None:
             builder = builder.timeout(self._total(read))
+        return builder
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        builder = await self._request(request)
         try:
             response = await builder.build().send()
             content = bytes(await response.bytes())
-        except RequestTimeoutError as exc:
-            raise _TIMEOUTS.get(type(exc), httpx.TimeoutException)(
-                str(exc) or "timed out", request=request
-            ) from exc
-        except ConnectError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
         except PyreqwestError as exc:
-            raise httpx.TransportError(str(exc) or type(exc).__name__, request=request) from exc
+            raise translated(exc, request) from exc
         return httpx.Response(
             status_code=response.status,
             headers=list(response.headers.items()),
@@ -122,3 +122,14 @@ class ReqwestTransport(httpx.AsyncBaseTransport):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def translated(exc: PyreqwestError, request: httpx.Request) -> httpx.TransportError:
+    """A reqwest failure as the httpx exception a sink expects (timeouts apart)."""
+    if isinstance(exc, RequestTimeoutError):
+        return _TIMEOUTS.get(type(exc), httpx.TimeoutException)(
+            str(exc) or "timed out", request=request
+        )
+    if isinstance(exc, ConnectError):
+        return httpx.ConnectError(str(exc), request=request)
+    return httpx.TransportError(str(exc) or type(exc).__name__, request=request)
