@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="legiti: the REST API; mcp: Legiti's MCP tools through a local gateway",
     )
     demo.add_argument("--metrics-port", type=int, default=9102, help="0 picks a free port")
+    demo.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="more than 1: that many forwarder processes sharing one limit through a local Redis",
+    )
     return parser
 
 
@@ -157,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command in ("dlq", "status"):
         return _kafka_tool(args)
+    if args.replicas > 1:
+        from forwarder.commands.fleet_demo import run_fleet_demo
+
+        return run_fleet_demo(args.events, args.replicas)
     from forwarder.commands.demo import run_demo
 
     return run_demo(args.events, args.metrics_port, args.sink)

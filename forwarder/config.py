@@ -1,6 +1,6 @@
 """Configuration: defaults ← `FORWARDER_*` environment ← TOML file ← CLI flags.
 
-Settings come in sections (kafka, sink, limits, retry, dedupe, decode, ops), each a
+Settings come in sections (kafka, sink, limits, retry, dedupe, decode, shared, ops), each a
 model validated once with its defaults written once, so that a part of the program
 takes only the section it uses and a command that never talks to Legiti (reading
 dead letters, say) never has to supply a Legiti URL. The names an operator uses
@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from forwarder.limits.rate import Rate, parse_rate
+from forwarder.shared.connection import URL_KEY, redis_target
 
 ENV_PREFIX = "FORWARDER_"
 CONFIG_FILE_ENV = "FORWARDER_CONFIG_FILE"
@@ -410,6 +411,38 @@ class DedupeSettings(Section):
     )
 
 
+class SharedSettings(Section):
+    """The Redis the replicas of one consumer group share limits and de-duplication in."""
+
+    redis_url: OptionalSecret = Field(
+        None,
+        alias="redis_url",
+        description="redis:// or rediss:// URL of the group's Redis; unset: no shared state",
+    )
+    redis_password_file: OptionalPath = Field(
+        None,
+        alias="redis_password_file",
+        description="file holding the Redis password (a mounted Secret)",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            # Checked here so that a bad URL stops the program at start-up, naming the key.
+            try:
+                redis_target(value.get_secret_value(), "check")
+            except ValueError as exc:
+                raise ValueError(str(exc).removeprefix(f"{URL_KEY} ").removeprefix(": ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _file_needs_url(self) -> SharedSettings:
+        if self.redis_password_file is not None and self.redis_url is None:
+            raise ValueError("redis_password_file is set but redis_url is not")
+        return self
+
+
 class DecodeSettings(Section):
     """The CloudEvents `type` suffixes that decide the action."""
 
@@ -489,6 +522,7 @@ class Settings(KafkaToolSettings):
     retry: RetrySettings
     dedupe: DedupeSettings
     decode: DecodeSettings
+    shared: SharedSettings
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -497,6 +531,7 @@ SECTIONS: dict[str, type[Section]] = {
     "retry": RetrySettings,
     "dedupe": DedupeSettings,
     "decode": DecodeSettings,
+    "shared": SharedSettings,
     "ops": OpsSettings,
 }
 M = TypeVar("M", bound=KafkaToolSettings)

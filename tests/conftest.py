@@ -1,4 +1,5 @@
-"""Shared fixtures: a real broker (Tansu) for the session, a real HTTP Legiti stand-in per test."""
+"""Shared fixtures: a real broker (Tansu) and a real Redis for the session, a real HTTP Legiti
+stand-in per test, and a private Redis for tests that take it away."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from forwarder.ops.logs import configure
 from forwarder.sandbox.broker import SandboxBroker
+from forwarder.sandbox.redis import SandboxRedis
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +24,20 @@ def quiet_logs() -> None:
 def broker() -> Iterator[SandboxBroker]:
     with SandboxBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[SandboxRedis]:
+    """One redis-server for the session: tests keep apart by using their own group ids."""
+    with SandboxRedis() as running:
+        yield running
+
+
+@pytest.fixture
+def private_redis() -> Iterator[SandboxRedis]:
+    """A redis-server of this test's own, which it may `stop()` and `start()` again."""
+    with SandboxRedis() as server:
+        yield server
 
 
 async def wait_until(

@@ -9,6 +9,7 @@ FLOOR_VS_AIOHTTP = 0.4
 TARGET_VS_NAIVE = 10.0
 TARGET_P99_MS = 50.0
 TARGET_BACKLOG_RSS_MB = 150.0
+TARGET_FLEET_VS_FORWARDER = 0.7
 TARGET_MCP_VS_AIOHTTP = 0.5
 
 
@@ -27,6 +28,11 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "value": ratios["forwarder_vs_naive"],
             "target": TARGET_VS_NAIVE,
             "met": ratios["forwarder_vs_naive"] >= TARGET_VS_NAIVE,
+        },
+        "fleet_vs_forwarder": {
+            "value": ratios["fleet_vs_forwarder"],
+            "target": TARGET_FLEET_VS_FORWARDER,
+            "met": ratios["fleet_vs_forwarder"] >= TARGET_FLEET_VS_FORWARDER,
         },
         "mcp_vs_mcp_aiohttp": {
             "value": ratios["mcp_vs_mcp_aiohttp"],
@@ -81,6 +87,11 @@ def table(results: dict[str, Any]) -> str:
         _row(
             f"forwarder (max in flight {workload['max_in_flight']})",
             f"{fwd['events_per_second']:,.0f}",
+        ),
+        _row(
+            "fleet: the same with FORWARDER_REDIS_URL",
+            f"{results['fleet']['events_per_second']:,.0f}",
+            f"fleet ÷ forwarder {ratios['fleet_vs_forwarder']:.2f}",
         ),
         _row(
             "raw HTTP ceiling (aiohttp, same concurrency)",

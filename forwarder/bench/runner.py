@@ -56,6 +56,7 @@ from forwarder.bench.workload import (
 )
 from forwarder.sandbox.broker import SandboxBroker
 from forwarder.sandbox.process import Child, ForwarderProcess
+from forwarder.sandbox.redis import SandboxRedis
 from forwarder.sandbox.settings import sandbox_env
 from forwarder.sandbox.topics import create_forwarder_topics
 from forwarder.sinks.legiti.client import idempotency_key
@@ -75,6 +76,8 @@ Reading = Callable[[str, str, str], AbstractAsyncContextManager[Child]]
 
 _LATENCY_SETTLE_SECONDS = 1.0
 _SAMPLE_INTERVAL = 0.25
+BACKLOG_HTTP_TIMEOUT = "2"
+"""The backlog forwarder's request timeout: the stand-in answers in milliseconds."""
 _PACING_TICK = 0.01
 """The paced producer hands records over every 10 ms, as a producer lingering 10 ms would:
 ticking every 2 ms cost the benchmark process and the broker three times the CPU (32% and
@@ -144,11 +147,15 @@ class Bench:
     # Throughput ------------------------------------------------------------------------
 
     async def forwarder_run(
-        self, index: int, topic: str, records: int, expected: int
+        self, index: int, topic: str, records: int, expected: int, redis_url: str | None = None
     ) -> dict[str, Any]:
-        """Drain the preloaded topic with a fresh consumer group; rate as the sink saw it."""
+        """Drain the preloaded topic with a fresh consumer group; rate as the sink saw it.
+        With `redis_url`, the same forwarder with the group's state in Redis (the fleet
+        row: shared de-duplication on, no rate limit)."""
         await self.sink.reset()
-        async with self._forwarder(f"forwarder-{index}", topic, self.sink.url) as forwarder:
+        extra = {} if redis_url is None else {"redis_url": redis_url}
+        name = f"forwarder-{index}" if redis_url is None else f"fleet-{index}"
+        async with self._forwarder(name, topic, self.sink.url, **extra) as forwarder:
             await forwarder.wait_started()
             # From here on, CPU time is the pipeline's, not the imports'.
             cpu_at_start = cpu_seconds(forwarder.pid)
@@ -430,7 +437,9 @@ class Bench:
 
     async def backlog_run(self, events: int) -> dict[str, Any]:
         """A forwarder in front of `events` queued records behind a tight rate limit:
-        RSS is sampled while its consumer sits paused."""
+        RSS is sampled while its consumer sits paused. Without shared state its limit
+        counts only a window plus the request timeout after the partitions are assigned
+        (their previous owner may have used it): a short timeout keeps that wait short."""
         topic = _unique("bench-backlog")
         await create_forwarder_topics(self.broker.bootstrap, topic, PARTITIONS)
         produced, produce_seconds = await preload(
@@ -443,6 +452,7 @@ class Bench:
             topic,
             self.sink.url,
             rate_limit=self.options.backlog_rate,
+            http_timeout_seconds=BACKLOG_HTTP_TIMEOUT,
         ) as forwarder:
             await forwarder.wait_ready()
             started = time.monotonic()
@@ -524,7 +534,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     records = list(generate(options.events, SEED))
     duplicates = sum(r.duplicate for r in records)
     expected = len(records) - duplicates
-    with SandboxBroker() as broker:
+    with SandboxBroker() as broker, SandboxRedis() as redis:
         sink = await SinkProcess(options.log_dir).start()
         try:
             bench = Bench(options, broker, sink)
@@ -532,9 +542,10 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
             await create_forwarder_topics(broker.bootstrap, topic, PARTITIONS)
             produced, produce_seconds = await preload(broker.bootstrap, topic, iter(records))
             del records
-            forwarder, aiohttp, consume, naive, keepalive = [], [], [], [], []
+            forwarder, fleet, aiohttp, consume, naive, keepalive = [], [], [], [], [], []
             for index in range(options.runs):
                 forwarder.append(await bench.forwarder_run(index, topic, produced, expected))
+                fleet.append(await bench.forwarder_run(index, topic, produced, expected, redis.url))
                 aiohttp.append(await bench.aiohttp_run(index, expected))
                 consume.append(await bench.consume_run(index, topic))
                 naive.append(await bench.naive_run(index, topic, keep_alive=False))
@@ -584,6 +595,7 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
             "preload_events_per_second": produced / produce_seconds,
         },
         "forwarder": forwarder_summary,
+        "fleet": _summary(fleet, "events_per_second", "peak_rss_mb", "cpu_seconds_per_1000_events"),
         "latency": _summary(latency, "rate", "p50_ms", "p99_ms", "max_ms"),
         "relay_latency": _summary(relay, "rate", "p50_ms", "p99_ms", "max_ms"),
         "aiohttp_ceiling": _summary(aiohttp, "events_per_second", "cpu_seconds_per_1000_events"),
@@ -607,6 +619,8 @@ async def run_benchmark(options: BenchOptions) -> dict[str, Any]:
         "forwarder_vs_naive": fwd / results["naive"]["events_per_second"],
         "forwarder_vs_naive_keepalive": fwd / results["naive_keepalive"]["events_per_second"],
         "forwarder_vs_consume": fwd / results["consume_ceiling"]["events_per_second"],
+        # Same minutes, same topic: the forwarder with FORWARDER_REDIS_URL over without.
+        "fleet_vs_forwarder": results["fleet"]["events_per_second"] / fwd,
         "mcp_vs_mcp_aiohttp": mcp["forwarder"]["events_per_second"]
         / mcp["aiohttp_ceiling"]["events_per_second"],
         "mcp_vs_rest": mcp["forwarder"]["events_per_second"] / fwd,

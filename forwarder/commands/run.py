@@ -20,17 +20,24 @@ from forwarder.core.policy import ALLOW_ALL, Policy, PolicyError, load_policy
 from forwarder.engine.build import build_pipeline
 from forwarder.engine.dead_letter_writer import DeadLetterStore
 from forwarder.engine.pipeline import Pipeline
+from forwarder.engine.shared_keys import KeyGate, LocalKeys, SharedKeys
 from forwarder.kafka.dead_letters import KafkaDeadLetters
 from forwarder.kafka.options import KafkaSecretError, consumer_options, producer_options
 from forwarder.kafka.retry_topic import KafkaRetryTopic
 from forwarder.kafka.source import CLOSE_STEP_TIMEOUT, COMMIT_TIMEOUT, KafkaSource
 from forwarder.kafka.topic_check import TopicCheck
-from forwarder.limits.sliding_log import LocalLimits
+from forwarder.limits.backend import LimiterBackend
+from forwarder.limits.fleet import FleetLimits
+from forwarder.limits.partition_share import ShareLimits
+from forwarder.limits.shared_log import SharedLog
 from forwarder.ops.health import HealthServer
 from forwarder.ops.logs import RepeatSuppressor, get_logger, register_secret
 from forwarder.ops.metrics import Metrics
 from forwarder.ops.topic_health import DEAD_LETTER, RETRY, TopicHealth
 from forwarder.runtime import install_signal_handlers
+from forwarder.shared.connection import redis_target
+from forwarder.shared.dedupe import SharedDedupe
+from forwarder.shared.status import SharedStatus
 from forwarder.sinks.base import Sink, SinkMisconfigured
 from forwarder.sinks.credentials import TokenError, TokenSource
 from forwarder.sinks.factory import SinkSetupError, build_sink
@@ -38,6 +45,8 @@ from forwarder.sinks.outcome import Misconfigured
 
 TOKEN_CHECK_INTERVAL = 1.0
 TOKEN_ERROR_LOG_PERIOD = 60.0
+REDIS_TIMEOUT = 1.0
+"""Connecting to Redis and each reply: past it, the replica falls back to its share."""
 T = TypeVar("T")
 
 
@@ -78,6 +87,46 @@ async def start_with_retry(
     return None
 
 
+def fleet_parts(settings: Settings, metrics: Metrics) -> tuple[LimiterBackend, KeyGate, str]:
+    """The limiter backend and the key gate for this configuration, and how the shared
+    state is described in the start-up line. With FORWARDER_REDIS_URL: the group's log
+    and de-duplication in Redis; without: the partition share and local memory."""
+    timeout = settings.sink.http_timeout_seconds
+    url = settings.shared.redis_url
+    if url is None:
+        limits = ShareLimits(time.monotonic(), settle=timeout)
+        metrics.rate_limit_share.set_function(lambda: limits.share(time.monotonic()))
+        return limits, LocalKeys(), "none (limits split by partition share)"
+    try:
+        target = redis_target(
+            url.get_secret_value(), settings.kafka.group_id, settings.shared.redis_password_file
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    status = SharedStatus(target.display, lambda up: metrics.shared_state_up.set(int(up)))
+    fleet = FleetLimits(
+        SharedLog(target.client(REDIS_TIMEOUT), target.prefix),
+        status,
+        prefix=target.prefix,
+        send_timeout=timeout,
+        now=time.monotonic(),
+    )
+    metrics.rate_limit_share.set_function(lambda: fleet.share(time.monotonic()))
+    keys: KeyGate = LocalKeys()
+    if settings.dedupe.ttl_seconds > 0:
+        keys = SharedKeys(
+            SharedDedupe(
+                target.client(REDIS_TIMEOUT),
+                status,
+                prefix=target.dedupe_prefix,
+                ttl=settings.dedupe.ttl_seconds,
+                # At least a request's timeout: a live holder renews it, a dead one's lapses.
+                claim_ttl=timeout + REDIS_TIMEOUT,
+            )
+        )
+    return fleet, keys, target.display
+
+
 class Forwarder:
     """One forwarder: the pipeline between a consumer group and the sink."""
 
@@ -103,7 +152,7 @@ class Forwarder:
         self.credentials: TokenSource | None = built.credentials
         self._sink_description = built.describe
         self._dead_letters = dead_letters
-        self.limits = LocalLimits()
+        self.limits, self.keys, self._shared = fleet_parts(settings, self.metrics)
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
         self.topics = TopicHealth(
@@ -141,6 +190,7 @@ class Forwarder:
             retry_topic=settings.kafka.retry_topic_name,
             sink=self._sink_description,
             metrics_port=self.health.port,
+            shared_state=self._shared,
         )
         try:
             await self._run(stop)
@@ -189,6 +239,7 @@ class Forwarder:
                 policy=self.policy,
                 limits=settings.limits,
                 backend=self.limits,
+                keys=self.keys,
                 retry=settings.retry,
                 dedupe=settings.dedupe,
                 decode=settings.decode,
@@ -213,6 +264,7 @@ class Forwarder:
                 settings.kafka.commit_interval_seconds,
                 max_poll_records=settings.kafka.max_poll_records,
                 settle_timeout=settle_timeout,
+                rebalanced=self.limits.rebalanced,
             )
             self.source = source
             try:
@@ -221,6 +273,7 @@ class Forwarder:
                 # Not ready and nothing sent: the first send after the pause probes again.
                 pipeline.gate.misconfigured(Misconfigured("open", str(exc)), time.monotonic())
             await self.limits.start(pipeline.wake)
+            await self.keys.start()
             pipeline.start()
             watcher = asyncio.create_task(self._watch_credentials(stop, pipeline))
             try:
@@ -230,6 +283,7 @@ class Forwarder:
                 self._log.info("stopping: draining in-flight sends", in_flight=pipeline.in_flight)
                 drained = await pipeline.drain(settings.ops.shutdown_timeout_seconds)
                 await source.close()
+                await self.keys.aclose()
                 await self.limits.aclose()
                 self._log.info(
                     "forwarder stopped", drained=drained, committed=pipeline.committable()

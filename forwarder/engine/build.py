@@ -17,6 +17,7 @@ from forwarder.core.scheduler import Scheduler
 from forwarder.engine.dead_letter_writer import DeadLetterStore, DeadLetterWriter
 from forwarder.engine.park_writer import ParkWriter, RetryStore
 from forwarder.engine.pipeline import Pipeline
+from forwarder.engine.shared_keys import KeyGate
 from forwarder.limits.backend import LimiterBackend
 from forwarder.limits.gate import SendGate
 from forwarder.limits.sliding_log import LocalLimits
@@ -35,6 +36,7 @@ def build_pipeline(
     policy: Policy = ALLOW_ALL,
     limits: LimitSettings | None = None,
     backend: LimiterBackend | None = None,
+    keys: KeyGate | None = None,
     retry: RetrySettings | None = None,
     dedupe: DedupeSettings | None = None,
     decode: DecodeSettings | None = None,
@@ -68,5 +70,6 @@ def build_pipeline(
         max_in_flight=max_in_flight,
         max_buffered=max_buffered,
         max_buffered_bytes=max_buffered_bytes,
+        keys=keys,
         clock=clock,
     )

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -45,6 +46,7 @@ from forwarder.core.scheduler import Job, Partition, Scheduler
 from forwarder.engine.dead_letter_writer import DeadLetterWriter, Headers
 from forwarder.engine.markers import MarkerHolds
 from forwarder.engine.park_writer import ParkedWrite, ParkWriter
+from forwarder.engine.shared_keys import KeyGate, LocalKeys
 from forwarder.limits.gate import SendGate, Ticket
 from forwarder.ops.logs import RepeatSuppressor, event_fields, get_logger
 from forwarder.ops.metrics import Metrics, Tally
@@ -87,6 +89,7 @@ class Pipeline:
         max_in_flight: int,
         max_buffered: int,
         max_buffered_bytes: int,
+        keys: KeyGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -98,11 +101,16 @@ class Pipeline:
         self._park_after = park_after
         self._parked: ParkedLanes[Job] = ParkedLanes()
         self._markers = MarkerHolds(parker, self._release_partition)
+        self._releases: deque[list[Job]] = deque()
+        self._release_tasks: set[asyncio.Task[None]] = set()
+        self._taking = asyncio.Lock()
         self._full: set[Partition] = set()
         self._all_full = False
         self._last_delivered_sent_at = float("-inf")
         self._metrics = metrics
         self._scheduler = scheduler
+        self._keys: KeyGate = keys or LocalKeys()
+        self._keys.bind(self._admit, self._finish_shared_duplicate)
         self._retry_policy = retry
         self._policy = policy
         self._denied_tools: set[str] = set()
@@ -169,6 +177,7 @@ class Pipeline:
             pending := {task for task in self._senders if not task.done()}
             | self._dead_letters.pending
             | self._parker.pending
+            | {task for task in self._release_tasks if not task.done()}
         ):
             remaining = deadline - loop.time()
             if remaining > 0:
@@ -233,6 +242,7 @@ class Pipeline:
         self._markers.revoked(revoked)
         for job in self._scheduler.cancel(revoked, self._clock()):
             self._finish_duplicate(job)
+        self._keys.revoked(revoked)
         self._parker.drop(revoked.__contains__)
         retry_topic = self._retry_topic
         for job in self._parked.forget(
@@ -310,7 +320,44 @@ class Pipeline:
 
     # Intake -------------------------------------------------------------------------
 
+    async def submit_batch(self, records: list[SourceRecord]) -> None:
+        """A poll batch, in consumption order: decoded, then its keys checked with the
+        group's shared state (one round trip) before the scheduler sees them. Records a
+        marker released since the last batch go first: they were read before."""
+        jobs = [job for record in records if (job := self._accept(record)) is not None]
+        async with self._taking:
+            while self._releases:
+                await self._keys.take(self._releases.popleft())
+            if jobs:
+                await self._keys.take(jobs)
+
     def submit(self, record: SourceRecord) -> None:
+        """One record, straight to the scheduler (no shared de-duplication)."""
+        job = self._accept(record)
+        if job is not None:
+            self._admit(job)
+
+    def _admit(self, job: Job) -> None:
+        """Hand a job to the scheduler, unless its user is parked: then its event goes
+        behind the user's parked ones (the key gate may hand a job over late)."""
+        if self._parked and job.origin is None:
+            admission = self._parked.from_source(job.lane)
+            if admission is Admission.PARK:
+                self._park_jobs([job], parking.FOLLOWS_PARKED)
+                return
+            if admission is Admission.HOLD:
+                self._parked.hold(job.lane, job)
+                return
+        self._schedule(job)
+
+    def _schedule(self, job: Job) -> None:
+        for duplicate in self._scheduler.admit(job, self._clock()):
+            self._finish_duplicate(duplicate)
+        self._wake.set()
+
+    def _accept(self, record: SourceRecord) -> Job | None:
+        """Track the record's offset, then take it up unless its partition waits for a
+        marker; None when there is nothing to schedule (held, dead-lettered, parked)."""
         partition = (record.topic, record.partition)
         offsets = self._partitions.get(partition)
         if offsets is None:
@@ -330,29 +377,17 @@ class Pipeline:
             offsets.track(record.offset, size)
         if self._markers and partition in self._markers:
             self._markers.keep(partition, record)
-            return
-        self._admit(record, offsets)
+            return None
+        return self._take_up(record, offsets)
 
-    def _admit(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
-        """Take a record up (a held one once its marker is read): counted as consumed
-        when it comes from a source topic."""
+    def _take_up(self, record: SourceRecord, offsets: PartitionOffsets) -> Job | None:
+        """Decode the record and check the policy (counted as consumed when it comes
+        from a source topic); a record of the retry topic goes its own way."""
         if record.topic == self._retry_topic:
-            self._admit_parked(record, offsets)
-            return
+            return self._take_up_parked(record, offsets)
         self._metrics.consumed.inc()
         event = self._event(record, offsets, None, 0)
-        if event is None:
-            return
-        job = Job(record, event, offsets)
-        if self._parked:
-            admission = self._parked.from_source(job.lane)
-            if admission is Admission.PARK:
-                self._park_jobs([job], parking.FOLLOWS_PARKED)
-                return
-            if admission is Admission.HOLD:
-                self._parked.hold(job.lane, job)
-                return
-        self._schedule(job)
+        return None if event is None else Job(record, event, offsets)
 
     def _event(
         self, record: SourceRecord, offsets: PartitionOffsets, origin: Origin | None, attempts: int
@@ -375,18 +410,14 @@ class Pipeline:
             return None
         return decoded
 
-    def _schedule(self, job: Job) -> None:
-        for duplicate in self._scheduler.admit(job, self._clock()):
-            self._finish_duplicate(duplicate)
-        self._wake.set()
-
-    def _admit_parked(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+    def _take_up_parked(self, record: SourceRecord, offsets: PartitionOffsets) -> Job | None:
         """A record read back from the retry topic: a marker, a parked dead letter, or
-        a parked event that goes on with the budget and attempts it carries."""
+        a parked event that goes on with the budget and attempts it carries (the job to
+        schedule, unless it is a straggler to park again)."""
         if parking.is_marker(record):
             self._finish_offset(record, offsets)
             self._markers.read(record)
-            return
+            return None
         copy = parking.read_parked(record)
         if copy is not None and copy.dead_letter:
             headers = parking.dead_letter_headers_of(list(record.headers))
@@ -400,12 +431,12 @@ class Pipeline:
                 on_written=partial(self._finish_offset, record, offsets),
                 on_unwritable=partial(self._park_dead_letter, record, offsets),
             )
-            return
+            return None
         origin = copy.origin if copy is not None else None
         attempts = copy.attempts if copy is not None else 0
         event = self._event(record, offsets, origin, attempts)
         if event is None:
-            return
+            return None
         job = Job(
             record,
             event,
@@ -417,9 +448,11 @@ class Pipeline:
         lane = self._source_lane(job)
         if self._parked.from_retry(lane, record.partition, record.offset) is Admission.PARK:
             self._park_jobs([job], parking.FOLLOWS_PARKED)
+            taken: Job | None = None
         else:
-            self._schedule(job)
+            taken = job
         self._release_held(lane)
+        return taken
 
     # Parking -------------------------------------------------------------------------
 
@@ -475,6 +508,8 @@ class Pipeline:
                 retry_partition, origin = job.record.partition, job.origin
                 if from_lane:
                     self._parked.parking_again(lane)
+            if from_lane:  # its claim on the key ends here; the copy claims it when read back
+                self._keys.released(job)
             job.cancelled = True
             self._parked.writing(lane, retry_partition)
             headers = parking.parked_headers(
@@ -569,12 +604,24 @@ class Pipeline:
         )
 
     def _release_partition(self, partition: Partition, records: list[SourceRecord]) -> None:
-        """A held partition's marker was read back: take up what was held, in order."""
+        """A held partition's marker was read back: take up what was held, in order,
+        through the key gate before the next batch's records (`submit_batch`)."""
         offsets = self._partitions.get(partition)
-        if offsets is not None:
-            for record in records:
-                self._admit(record, offsets)
-        self._wake.set()
+        if offsets is None:
+            return
+        jobs = [job for record in records if (job := self._take_up(record, offsets))]
+        if jobs:
+            self._releases.append(jobs)
+            task = asyncio.create_task(self._take_released(), name="marker-release")
+            self._release_tasks.add(task)
+            task.add_done_callback(self._release_tasks.discard)
+
+    async def _take_released(self) -> None:
+        """Released jobs go through the key gate even when no batch follows soon; one
+        taking at a time, so that they go before what is read after them."""
+        async with self._taking:
+            while self._releases:
+                await self._keys.take(self._releases.popleft())
 
     def _awaited_retry_partitions(self) -> set[Partition]:
         """Retry partitions that must be read for something held to go on: a marker, or
@@ -766,6 +813,7 @@ class Pipeline:
         if self._log.is_enabled_for(logging.DEBUG):  # the fields cost more than the no-op call
             self._log.debug("event forwarded", **self._fields(job), attempts=job.attempts)
         duplicates = self._scheduler.complete(job, delivered=True, now=now)
+        self._keys.delivered(job, now)
         self._finish(job)
         for duplicate in duplicates:
             self._finish_duplicate(duplicate)
@@ -826,6 +874,8 @@ class Pipeline:
         self._retry_at(job, now + max(delay, at_least))
 
     def _retry_at(self, job: Job, when: float) -> None:
+        if job.cancelled:  # its partition was revoked while it was under way: dropped
+            self._keys.released(job)
         for duplicate in self._scheduler.retry_at(job, when):
             self._finish_duplicate(duplicate)
 
@@ -842,6 +892,7 @@ class Pipeline:
     ) -> None:
         """Dead-letter a job; its copies may now be sent, since this one never arrived."""
         duplicates = self._scheduler.complete(job, delivered=False, now=self._clock())
+        self._keys.released(job)
         if not job.cancelled:
             self._dead_letter(
                 job.record,
@@ -871,6 +922,13 @@ class Pipeline:
         self._metrics.duplicates.inc()
         if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug("duplicate event not sent again", **self._fields(job))
+        self._finish(job)
+
+    def _finish_shared_duplicate(self, job: Job) -> None:
+        """A copy another replica (or an earlier process) delivered, as the group knows."""
+        self._metrics.duplicates_shared.inc()
+        if self._log.is_enabled_for(logging.DEBUG):
+            self._log.debug("duplicate event delivered by the group", **self._fields(job))
         self._finish(job)
 
     def _finish(self, job: Job) -> None:

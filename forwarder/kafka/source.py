@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -54,10 +55,15 @@ class KafkaSource:
         *,
         max_poll_records: int,
         settle_timeout: float,
+        rebalanced: Callable[[int, int, float], None] | None = None,
     ) -> None:
         """`settle_timeout`: how long a revocation waits for the revoked partitions'
-        sends (within the group's rebalance timeout)."""
+        sends (within the group's rebalance timeout). `rebalanced(assigned, total, now)`
+        hears of every change of assignment: how many partitions this member holds of
+        all the subscribed topics' (the limits split by partition share use it)."""
         self._consumer: AIOKafkaConsumer | None = consumer
+        self._topics = topics
+        self._rebalanced = rebalanced
         self._pipeline = pipeline
         self._metrics = metrics
         self._commit_interval = commit_interval
@@ -100,9 +106,10 @@ class KafkaSource:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
                     continue
-                for messages in batch.values():
-                    for message in messages:
-                        self._pipeline.submit(to_record(message))
+                if batch:
+                    await self._pipeline.submit_batch(
+                        [to_record(message) for messages in batch.values() for message in messages]
+                    )
         finally:
             stopping.cancel()
             consumer.pause(*consumer.assignment())
@@ -202,6 +209,8 @@ class KafkaSource:
                     " events will be read again by the new owner",
                     timeout_seconds=self._settle_timeout,
                 )
+        # After the settling sends (nobody else holds the partitions before this returns).
+        self._share_changed(exclude=partitions)
         await self.commit(partitions)
         self._pipeline.revoke(partitions)
         for topic, partition in partitions:
@@ -216,11 +225,28 @@ class KafkaSource:
     def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.in_group = True
         self._metrics.rebalances.inc()
+        self._share_changed()
         self._pipeline.assign((tp.topic, tp.partition) for tp in assigned)
         self._log.info(
             "partitions assigned",
             partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
         )
+
+    def _share_changed(self, exclude: set[tuple[str, int]] | None = None) -> None:
+        """Tell the limits how many partitions this member holds now, of how many. A
+        topic whose partition count is not known yet counts as held by others, so the
+        share can only come out too small."""
+        consumer = self._consumer
+        if self._rebalanced is None or consumer is None:
+            return
+        held = {(tp.topic, tp.partition) for tp in consumer.assignment()} - (exclude or set())
+        total = 0
+        for topic in self._topics:
+            partitions = consumer.partitions_for_topic(topic)
+            total += len(partitions) if partitions else 0
+        known = {topic for topic in self._topics if consumer.partitions_for_topic(topic)}
+        assigned = sum(1 for topic, _ in held if topic in known)
+        self._rebalanced(assigned, max(total, 1), time.monotonic())
 
     # Shutdown ---------------------------------------------------------------------------
 

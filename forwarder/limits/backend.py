@@ -1,5 +1,10 @@
 """Where a limit's allowance is kept: this process's memory, or a store the group shares.
 
+Three backends: `LocalLimits` (the whole limit in this process, for a lone
+process), `ShareLimits` (the member's partition share of the group's limit, when
+the group shares no state) and `FleetLimits` (the group's log in Redis, falling
+back to the partition share while Redis is unreachable).
+
 The send gate asks a `Limiter` synchronously on the dispatcher's every decision
 (`delay`, then `start` and later `finish`), because that decision is made once
 per event and must not wait on I/O. A backend whose allowance lives elsewhere
@@ -33,6 +38,14 @@ class Limiter(Protocol):
 class LimiterBackend(Protocol):
     def limiter(self, rate: Rate) -> Limiter:
         """The limiter for `rate`. Rates naming the same gateway counter get one limiter."""
+
+    def rebalanced(self, assigned: int, total: int, now: float) -> None:
+        """The group gave this member `assigned` of the `total` partitions of its topics
+        (called on every rebalance): a backend that splits the group's limits by
+        partitions recomputes this member's part."""
+
+    def share(self, now: float) -> float:
+        """The fraction of each limit this member may use now (forwarder_rate_limit_share)."""
 
     async def start(self, wake: Callable[[], None]) -> None:
         """Begin any background work; `wake` tells the dispatcher a delay may have ended."""

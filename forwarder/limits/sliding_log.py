@@ -74,6 +74,12 @@ class LocalLimits:
         key = (rate.counter, rate.count, rate.window)
         return self._by_counter.setdefault(key, SlidingWindowLimiter(rate))
 
+    def rebalanced(self, assigned: int, total: int, now: float) -> None:
+        """This process enforces the whole of every limit, whatever it is assigned."""
+
+    def share(self, now: float) -> float:
+        return 1.0
+
     async def start(self, wake: Callable[[], None]) -> None:
         """Nothing runs in the background: every decision is made from memory."""
 

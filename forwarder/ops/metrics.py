@@ -149,11 +149,15 @@ class Metrics:
             ["action_type"],
             registry=r,
         )
-        self.duplicates = Counter(
+        duplicates = Counter(
             "forwarder_events_duplicate",
-            "Events not sent because a copy was already delivered.",
+            "Events not sent because a copy was already delivered, by who knew it:"
+            " this replica's memory (local) or the group's shared state (shared).",
+            ["scope"],
             registry=r,
         )
+        self.duplicates = duplicates.labels(scope="local")
+        self.duplicates_shared = duplicates.labels(scope="shared")
         self.dead_lettered = Counter(
             "forwarder_events_dead_lettered",
             "Records written to the dead-letter topic, by reason.",
@@ -249,6 +253,18 @@ class Metrics:
         )
         self.rebalances = Counter(
             "forwarder_rebalances", "Partition assignments received from the group.", registry=r
+        )
+        self.shared_state_up = Gauge(
+            "forwarder_shared_state_up",
+            "1 while the group's shared state (Redis) is reachable; 0 while limits fall back"
+            " to the partition share and de-duplication to this replica's memory.",
+            registry=r,
+        )
+        self.rate_limit_share = Gauge(
+            "forwarder_rate_limit_share",
+            "Fraction of each rate limit this replica may use now: 1 with shared state,"
+            " else its share of the partitions (0 while a gained share waits out the window).",
+            registry=r,
         )
         self.build_info = Info("forwarder_build", "Version of the forwarder.", registry=r)
         self.build_info.info({"version": __version__})

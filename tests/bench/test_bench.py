@@ -63,6 +63,20 @@ def test_forwarder_delivers_every_event_exactly_once(results: dict[str, Any]) ->
     assert run["duplicates"] == workload["duplicates"]
 
 
+def test_the_fleet_row_delivers_every_event_exactly_once_through_redis(
+    results: dict[str, Any],
+) -> None:
+    workload, fleet = results["workload"], results["fleet"]
+    _positive(fleet, "events_per_second", "peak_rss_mb", "cpu_seconds_per_1000_events")
+    [run] = fleet["runs"]
+    assert run["consumed"] == workload["events"]
+    assert run["deliveries"] == workload["deliveries"]
+    assert run["requests"] == workload["deliveries"], "a duplicate was sent"
+    assert run["duplicates"] == workload["duplicates"]
+    assert results["ratios"]["fleet_vs_forwarder"] > 0
+    assert "fleet_vs_forwarder" in results["targets"]
+
+
 @pytest.mark.parametrize("name", ["latency", "relay_latency"])
 def test_latency_is_measured_on_every_delivery(results: dict[str, Any], name: str) -> None:
     latency = results[name]
@@ -136,6 +150,7 @@ def test_targets_are_judged(results: dict[str, Any]) -> None:
         "forwarder_vs_naive",
         "p99_latency_ms",
         "backlog_peak_rss_mb",
+        "fleet_vs_forwarder",
         "mcp_vs_mcp_aiohttp",
     }
     for check in targets.values():

@@ -37,6 +37,7 @@ OVERLAYS: dict[str, Path] = {
     "dev": K8S / "overlays" / "dev",
     "prod": K8S / "overlays" / "prod",
     "prod-sasl (fixture)": HERE / "overlays" / "prod-sasl",
+    "prod-redis (fixture)": HERE / "overlays" / "prod-redis",
 }
 
 # The image's fixed runtime identity (Dockerfile USER) and metrics port.

@@ -52,9 +52,12 @@ EXPORTED_METRICS: dict[str, str] = {
     "forwarder_credentials_valid": "gauge",
     "forwarder_users_parked": "gauge",
     "forwarder_topic_writable": "gauge",
+    "forwarder_shared_state_up": "gauge",
+    "forwarder_rate_limit_share": "gauge",
 }
 METRIC_LABELS: dict[str, set[str]] = {
     "forwarder_events_forwarded_total": {"action_type"},
+    "forwarder_events_duplicate_total": {"scope"},
     "forwarder_events_dead_lettered_total": {"reason"},
     "forwarder_sink_requests_total": {"code"},
     "forwarder_consumer_lag": {"topic", "partition"},

@@ -401,6 +401,8 @@ def test_rendered_configuration_passes_check_config(
     for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
         if "value" in var:
             env[var["name"]] = var["value"]
+        elif var["name"] == "FORWARDER_REDIS_URL":
+            env[var["name"]] = "rediss://:secret-from-kubernetes@redis:6379/0"
         elif "secretKeyRef" in var.get("valueFrom", {}):
             env[var["name"]] = "secret-from-kubernetes"
     env["FORWARDER_LEGITI_API_TOKEN_FILE"] = str(token)
@@ -460,11 +462,36 @@ def test_network_policy_allows_only_what_the_forwarder_needs(
     }
 
     allowed = {("UDP", 53, 53), ("TCP", 53, 53), ("TCP", 9092, 9098), ("TCP", 443, 443)}
+    if _shares_redis(deployment):
+        allowed.add(("TCP", 6379, 6380))
     seen = set()
     for rule in policy["egress"]:
         for port in rule["ports"]:
             seen.add((port["protocol"], port["port"], port.get("endPort", port["port"])))
     assert seen == allowed
+
+
+def _shares_redis(deployment: dict[str, Any]) -> bool:
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return any(var["name"] == "FORWARDER_REDIS_URL" for var in env)
+
+
+def test_the_redis_component_wires_the_url_from_a_secret() -> None:
+    """The URL may hold the password: it comes from a Secret, never a literal or the
+    ConfigMap, and the Secret is required (a typo must not silently mean no sharing)."""
+    objects = render(OVERLAYS["prod-redis (fixture)"])
+    deployment = one(objects, "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    source = env["FORWARDER_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert source == {"name": "forwarder-redis", "key": "url"}
+    assert "FORWARDER_REDIS_URL" not in config_data(objects, deployment)
+    example = K8S / "components" / "redis" / "secret.example.yaml"
+    (secret,) = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    assert secret["metadata"]["name"] == "forwarder-redis"
+    assert "REPLACE_WITH" in secret["stringData"]["url"]
+    assert not any(
+        _shares_redis(one(render(OVERLAYS[name]), "Deployment")) for name in ("dev", "prod")
+    )
 
 
 # ------------------------------------------------------------------ scaling

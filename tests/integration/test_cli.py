@@ -195,6 +195,19 @@ def _number(pattern: str, text: str) -> int:
     return int(match.group(1))
 
 
+def test_fleet_demo_shares_one_limit_and_one_memory_of_keys() -> None:
+    result = forwarder("demo", "--replicas", "3", "--events", "900", timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "Traceback" not in out + result.stderr
+    limit = _number(r"^\s*group limit\s+(\d+)/second", out)
+    assert _number(r"^\s*busiest second\s+(\d+) requests", out) <= limit
+    assert _number(r"^\s*known by Redis\s+(\d+)", out) > 0
+    requests = _number(r"^\s*legiti accepted\s+(\d+) requests", out)
+    assert _number(r"(\d+) distinct keys", out) == requests
+    assert all(_number(rf"^\s*replica {n} forwarded (\d+)", out) > 0 for n in range(3))
+
+
 def test_demo_runs_offline_and_prints_the_summary() -> None:
     result = forwarder("demo", "--metrics-port", "0", timeout=90)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

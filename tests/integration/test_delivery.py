@@ -99,7 +99,9 @@ async def test_duplicates_are_counted_not_sent(broker, legiti) -> None:
     async with running(settings(broker.bootstrap, topic, legiti.url)) as forwarder:
         await eventually(lambda: len(legiti.accepted) == 10)
         await produce(broker.bootstrap, topic, first[:4])
-        await eventually(lambda: metric(forwarder, "forwarder_events_duplicate_total") == 4)
+        await eventually(
+            lambda: metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 4
+        )
     assert len(legiti.requests) == 10
     assert metric(forwarder, "forwarder_events_consumed_total") == 14
 
@@ -111,7 +113,9 @@ async def test_copy_in_flight_waits_for_the_first_copy(broker, legiti) -> None:
     await produce(broker.bootstrap, topic, [native("same", "u1")], partition=0)
     await produce(broker.bootstrap, topic, [native("same", "u1")], partition=1)
     async with running(settings(broker.bootstrap, topic, legiti.url)) as forwarder:
-        await eventually(lambda: metric(forwarder, "forwarder_events_duplicate_total") == 1)
+        await eventually(
+            lambda: metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 1
+        )
         pipeline = forwarder.pipeline
         assert pipeline is not None
         await eventually(lambda: committable_of(pipeline, topic) == {(topic, 0): 1, (topic, 1): 1})
@@ -132,7 +136,7 @@ async def test_copy_is_sent_when_the_first_was_dead_lettered(broker, legiti) -> 
             )
         )
     assert [r.status for r in legiti.requests] == [400, 201]
-    assert metric(forwarder, "forwarder_events_duplicate_total") == 0
+    assert metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 0
 
 
 async def test_per_user_order_survives_retries(broker, legiti) -> None:

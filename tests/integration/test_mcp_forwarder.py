@@ -109,7 +109,7 @@ async def test_order_no_loss_and_dedupe_through_sessions_ending_and_faults(
             pipeline = forwarder.pipeline
             assert pipeline is not None
             await eventually(lambda: sum(committable_of(pipeline, topic).values()) == 123)
-            assert metric(forwarder, "forwarder_events_duplicate_total") == 3
+            assert metric(forwarder, "forwarder_events_duplicate_total", scope="local") == 3
             assert metric(forwarder, "forwarder_sink_requests_total", code="http_429") == 1
             assert metric(forwarder, "forwarder_sink_requests_total", code="tool_error_503") >= 1
         assert gateway.sessions_started >= 3  # the first, after end_sessions, after the restart

@@ -63,7 +63,7 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
             m = await forwarder.metrics()
             return (
                 m.get("forwarder_events_consumed_total") == consumed
-                and m.get("forwarder_events_duplicate_total") == 1
+                and m.get(sample_key("forwarder_events_duplicate_total", {"scope": "local"})) == 1
                 and m.get(dead("invalid_json")) == 1
                 and m.get(dead("rejected")) == 1
                 and m.get("forwarder_in_flight_events") == 0
@@ -81,7 +81,7 @@ async def test_metrics_health_and_lag_after_traffic(broker, legiti, tmp_path) ->
             expected
         )
     assert m["forwarder_events_consumed_total"] == consumed
-    assert m["forwarder_events_duplicate_total"] == 1
+    assert m[sample_key("forwarder_events_duplicate_total", {"scope": "local"})] == 1
     for reason in ("empty_value", "invalid_event", "retries_exhausted", "denied_by_policy"):
         assert m[dead(reason)] == 0
     assert m[sink("201")] == 60
