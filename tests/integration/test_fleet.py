@@ -17,7 +17,7 @@ from forwarder.sandbox.settings import sandbox_env
 from forwarder.shared.status import LOST
 from tests.conftest import eventually, wait_until
 from tests.factories import native
-from tests.integration.kafka_helpers import create_topic, produce, unique
+from tests.integration.kafka_helpers import create_forwarder_topics, produce, unique
 from tests.integration.test_limits import busiest_window
 
 REPLICAS = 3
@@ -87,7 +87,7 @@ async def test_three_replicas_hold_one_limit_with_skewed_traffic(
 ) -> None:
     """60% of the traffic on one partition, so on one replica, which then sends alone:
     the group's busiest second holds at most N and the stream gets >= 90% of N."""
-    topic = await create_topic(broker.bootstrap, unique(), partitions=3)
+    topic = await create_forwarder_topics(broker.bootstrap, unique(), partitions=3)
     env = fleet_env(broker.bootstrap, topic, legiti, redis_server, rate_limit="40/second")
     async with fleet(env, tmp_path):
         await produce(broker.bootstrap, topic, events("hot", 240), partition=0)
@@ -103,7 +103,7 @@ async def test_three_replicas_hold_one_limit_with_skewed_traffic(
 async def test_copies_in_partitions_of_other_replicas_are_not_sent(
     broker, legiti, redis_server, tmp_path
 ) -> None:
-    topic = await create_topic(broker.bootstrap, unique(), partitions=3)
+    topic = await create_forwarder_topics(broker.bootstrap, unique(), partitions=3)
     env = fleet_env(broker.bootstrap, topic, legiti, redis_server)
     originals = events("copy", 30)
     async with fleet(env, tmp_path) as processes:
@@ -124,7 +124,7 @@ async def test_copies_in_partitions_of_other_replicas_are_not_sent(
 async def test_kill_9_loses_nothing_and_resends_at_most_what_was_in_flight(
     broker, legiti, redis_server, tmp_path
 ) -> None:
-    topic = await create_topic(broker.bootstrap, unique(), partitions=3)
+    topic = await create_forwarder_topics(broker.bootstrap, unique(), partitions=3)
     env = fleet_env(
         broker.bootstrap, topic, legiti, redis_server, rate_limit="60/second", max_in_flight="4"
     )
@@ -147,7 +147,7 @@ async def test_a_rolling_restart_inside_one_window_keeps_the_window(
     """Every replica is replaced (stopped, a new one started and ready) after the group
     spent a 20-second window's allowance: the log is in Redis, so the new processes
     see what the old ones sent, and the next sends wait for the window to pass."""
-    topic = await create_topic(broker.bootstrap, unique(), partitions=3)
+    topic = await create_forwarder_topics(broker.bootstrap, unique(), partitions=3)
     env = fleet_env(broker.bootstrap, topic, legiti, redis_server, rate_limit="20/20s")
     for partition in range(3):
         await produce(broker.bootstrap, topic, events(f"r{partition}-", 40), partition=partition)
@@ -168,7 +168,7 @@ async def test_redis_stopped_and_started_mid_stream(
 ) -> None:
     """No event lost, the limit held by the partition shares meanwhile, one warning per
     replica, and shared mode back by itself."""
-    topic = await create_topic(broker.bootstrap, unique(), partitions=3)
+    topic = await create_forwarder_topics(broker.bootstrap, unique(), partitions=3)
     env = fleet_env(broker.bootstrap, topic, legiti, private_redis, rate_limit="30/second")
     async with fleet(env, tmp_path) as processes:
         for partition in range(3):
@@ -199,7 +199,7 @@ async def test_redis_stopped_and_started_mid_stream(
 async def test_without_redis_three_replicas_stay_within_the_limit_across_a_rebalance(
     broker, legiti, tmp_path
 ) -> None:
-    topic = await create_topic(broker.bootstrap, unique(), partitions=6)
+    topic = await create_forwarder_topics(broker.bootstrap, unique(), partitions=6)
     env = fleet_env(broker.bootstrap, topic, legiti, None, rate_limit="30/second")
     async with fleet(env, tmp_path) as processes:
         for partition in range(6):
