@@ -9,24 +9,17 @@ against Kafka in production.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from forwarder.sandbox.server import LocalServer
+from forwarder.sandbox.server import free_port as free_port
 
 
 class BrokerUnavailable(RuntimeError):
     """The sandbox broker binary is missing or did not start."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the kernel for a free TCP port (racy by nature, good enough for loopback tests)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def broker_binary() -> str:
@@ -41,12 +34,8 @@ def broker_binary() -> str:
 
 
 @dataclass
-class SandboxBroker:
+class SandboxBroker(LocalServer):
     """One Tansu process on a loopback port; `bootstrap` is what clients connect to."""
-
-    host: str = "127.0.0.1"
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -72,16 +61,3 @@ class SandboxBroker:
             time.sleep(0.01)
         self.stop()
         raise BrokerUnavailable(f"broker did not listen on {self.bootstrap} within {timeout}s")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def __enter__(self) -> SandboxBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -9,16 +9,13 @@ is the harder case for the fleet (its shared log and delivered marks are gone).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from forwarder.sandbox.broker import free_port
+from forwarder.sandbox.server import LocalServer
 
 
 class RedisUnavailable(RuntimeError):
@@ -42,17 +39,14 @@ def server_binary() -> str:
 
 
 @dataclass
-class SandboxRedis:
+class SandboxRedis(LocalServer):
     """One redis-server process; `url` is what clients connect to.
 
     `stop` and `start` may be called again on the same object: the server comes
     back on the same port, which is how the outage tests take it away mid-stream.
     """
 
-    host: str = "127.0.0.1"
-    port: int = field(default_factory=free_port)
     password: str | None = None
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -106,17 +100,3 @@ class SandboxRedis:
         except OSError:
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-    def stop(self) -> None:
-        """Kill the server at once (SIGKILL): what a crash or a lost node looks like."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def __enter__(self) -> SandboxRedis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
