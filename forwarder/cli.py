@@ -57,7 +57,8 @@ def _add_setting_flags(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forwarder",
-        description="Forward login/logout events from Kafka to Legiti: its track_auth API or its MCP tools.",
+        description="Forward login/logout events from Kafka to Legiti: its track_auth API"
+        " or its MCP tools.",
     )
     parser.add_argument("--version", action="version", version=f"forwarder {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
