@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from forwarder.config import LimitSettings, Settings
 from forwarder.core.policy import ALLOW_ALL, Policy, PolicyError, load_policy
+from forwarder.core.retry import Backoff
 from forwarder.engine.build import build_pipeline
 from forwarder.engine.dead_letter_writer import DeadLetterStore
 from forwarder.engine.pipeline import Pipeline
@@ -50,6 +51,10 @@ REDIS_TIMEOUT = 1.0
 T = TypeVar("T")
 
 
+START_RETRY = Backoff(initial=1.0, maximum=30.0)
+"""Pauses between attempts to start a Kafka client: 1 s doubling to 30 s."""
+
+
 class StartupError(RuntimeError):
     """Something in the configuration's surroundings (a file, a port) is wrong: exit 2."""
 
@@ -69,8 +74,10 @@ async def start_with_retry(
     A broker outage at start-up is not a reason to crash-loop: the pod stays up,
     reports not ready and says in its log what it is waiting for."""
     log = get_logger("forwarder.commands.run")
-    delay = 1.0
+    attempt = 0
     while not stop.is_set():
+        attempt += 1
+        delay = START_RETRY.cap(attempt)
         client = factory()
         try:
             await start(client)
@@ -83,7 +90,6 @@ async def start_with_retry(
             )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, 30.0)
     return None
 
 
